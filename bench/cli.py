@@ -1,0 +1,46 @@
+"""`tunebench` command line: run (Hydra), report, claim, status, perf."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+USAGE = """tunebench <command> [args]
+
+commands:
+  run [hydra overrides]   run one cell or a sweep (-m), e.g. tunebench run -m experiment=quick
+                          (tunebench run --help shows the config groups and options)
+  report SWEEP_DIR        tables (md, csv, tex) and plots from the records of a sweep
+  claim SWEEP_DIR         the PEFT-claim verdict per task and refinement, with bootstrap CIs
+  status SWEEP_DIR        every cell as ok / failed / diverged, with its error; exit 1 unless all ok
+  perf                    harness overhead and LoRA/full step-time benchmark
+
+`tunebench <command> --help` gives each command's options.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from tunebench import run
+
+        sys.argv = ["tunebench run", *rest]
+        return run.main()
+    handlers = {"report": "tunebench.report", "claim": "tunebench.claim", "status": "tunebench.status", "perf": "tunebench.perf"}
+    if command not in handlers:
+        print(f"tunebench: unknown command {command!r}; commands: run, {', '.join(handlers)}", file=sys.stderr)
+        return 2
+    import importlib
+
+    return importlib.import_module(handlers[command]).main(rest)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

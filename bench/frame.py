@@ -1,0 +1,43 @@
+"""Records of a sweep as one pandas DataFrame, one row per run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tunebench.record import iter_records
+
+CELL_KEYS = ["task", "refine", "method", "lr", "seed", "model"]
+METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct"]
+COST_KEYS = [
+    "params_trainable", "params_trainable_excl_head", "params_total", "trainable_pct", "training_state_bytes",
+    "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes",
+]
+GROUP_KEYS = ["task", "refine", "method", "lr"]
+
+
+def _row(record: dict) -> dict:
+    cell, metrics, cost = record.get("cell") or {}, record.get("metrics") or {}, record.get("cost") or {}
+    config = record.get("config") or {}
+    row = {"run_id": record["run_id"], "status": record["status"], "sweep": record.get("sweep")}
+    # A run that failed before its task loaded has no cell; fall back to its config.
+    fallback = {
+        "task": (config.get("data") or {}).get("name"), "refine": "?", "method": (config.get("method") or {}).get("name"),
+        "lr": (config.get("method") or {}).get("lr"), "seed": config.get("seed"), "model": (config.get("model") or {}).get("name"),
+    }
+    row.update({k: cell.get(k, fallback[k]) for k in CELL_KEYS})
+    row.update({k: metrics.get(k) for k in METRIC_KEYS})
+    row.update({k: cost.get(k) for k in COST_KEYS})
+    row["slurm_job_id"] = (record.get("env") or {}).get("slurm_job_id")
+    row["error"] = (record.get("error") or {}).get("message")
+    return row
+
+
+def load_frame(sweep_dir: Path) -> pd.DataFrame:
+    rows = [_row(r) for r in iter_records(Path(sweep_dir))]
+    if not rows:
+        raise FileNotFoundError(f"no run records (*.json) under {sweep_dir}")
+    frame = pd.DataFrame(rows)
+    numeric = [k for k in METRIC_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    return frame

@@ -1,0 +1,189 @@
+"""The cost meter: one implementation for every method.
+
+Counts trainable / total parameters, the exact bytes of parameters + gradients + optimizer state,
+the measured peak memory of the run, train / eval wall time, samples per second and saved bytes.
+
+Peak memory on CPU is the resident-set peak *over this run's own baseline*, so it is right even when
+many runs share one process (Hydra's basic launcher): before the baseline, freed heap pages are
+returned to the OS (malloc_trim) and the kernel's peak counter is reset (/proc/self/clear_refs),
+so the peak is exact, not sampled. Where that reset is not allowed, a thread samples RSS instead.
+On GPU it is CUDA's max allocated bytes since the run's reset.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import re
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _release_free_heap() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the baseline is simply less tight
+
+
+def _reset_kernel_peak() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return _status_kib("VmHWM") is not None
+
+
+class _RssSampler(threading.Thread):
+    """Fallback peak tracker: samples RSS every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak = psutil.Process().memory_info().rss
+        self._stop_event = threading.Event()
+        self._process = psutil.Process()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, self._process.memory_info().rss)
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def parameter_counts(model: torch.nn.Module, head_prefixes: tuple[str, ...] = ()) -> dict:
+    """Trainable and total parameters; `head_prefixes` names the task head so it can be excluded
+    (papers such as LoRA report adapter parameters without the classifier)."""
+    total = trainable = trainable_head = 0
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:  # tied weights count once
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            if any(part in name for part in head_prefixes):
+                trainable_head += p.numel()
+    return {
+        "params_total": total,
+        "params_trainable": trainable,
+        "params_trainable_excl_head": trainable - trainable_head,
+        "trainable_pct": 100.0 * trainable / total if total else 0.0,
+    }
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Exact bytes held by parameters, their gradients (trainable only) and optimizer state."""
+    params = {id(p): p for p in model.parameters()}.values()
+    param_bytes = sum(tensor_bytes(p) for p in params)
+    grad_bytes = sum(tensor_bytes(p) for p in params if p.requires_grad)
+    optim_bytes = 0
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            optim_bytes += sum(tensor_bytes(v) for v in state.values() if torch.is_tensor(v))
+    return {
+        "param_bytes": param_bytes,
+        "grad_bytes": grad_bytes,
+        "optimizer_state_bytes": optim_bytes,
+        "training_state_bytes": param_bytes + grad_bytes + optim_bytes,
+    }
+
+
+class CostMeter:
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.times = {"train": 0.0, "eval": 0.0}
+        self.train_samples = 0
+        self.values: dict = {}
+        self._baseline = 0
+        self._peak_bytes: int | None = None
+        self._sampler: _RssSampler | None = None
+        self._kernel_peak = False
+
+    # -- memory ------------------------------------------------------------------------------
+    def start(self) -> "CostMeter":
+        _release_free_heap()
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+            self.values["peak_memory_source"] = "cuda_max_allocated"
+            return self
+        self._baseline = psutil.Process().memory_info().rss
+        self._kernel_peak = _reset_kernel_peak()
+        if self._kernel_peak:
+            self.values["peak_memory_source"] = "rss_kernel_peak_minus_baseline"
+        else:
+            self._sampler = _RssSampler()
+            self._sampler.start()
+            self.values["peak_memory_source"] = "rss_sampled_minus_baseline"
+        return self
+
+    def stop(self) -> None:
+        if self.device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self._kernel_peak:
+            peak = (_status_kib("VmHWM") or 0) * 1024
+        else:
+            peak = self._sampler.stop() if self._sampler else self._baseline
+        self._peak_bytes = max(0, peak - self._baseline)
+
+    # -- time and throughput -------------------------------------------------------------------
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+    def add_train_samples(self, n: int) -> None:
+        self.train_samples += n
+
+    # -- static costs ----------------------------------------------------------------------------
+    def count_params(self, model: torch.nn.Module, head_prefixes: tuple[str, ...] = ()) -> None:
+        self.values.update(parameter_counts(model, head_prefixes))
+
+    def count_training_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        self.values.update(training_state_bytes(model, optimizer))
+
+    def count_saved(self, path: Path) -> None:
+        path = Path(path)
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        self.values["saved_bytes"] = sum(p.stat().st_size for p in files)
+
+    def summary(self) -> dict:
+        out = dict(self.values)
+        out["train_seconds"] = round(self.times["train"], 3)
+        out["eval_seconds"] = round(self.times["eval"], 3)
+        out["train_samples"] = self.train_samples
+        out["samples_per_second"] = (
+            round(self.train_samples / self.times["train"], 3) if self.times["train"] > 0 else None
+        )
+        if self._peak_bytes is not None:
+            out["peak_memory_bytes"] = self._peak_bytes
+            out["peak_memory_mb"] = round(self._peak_bytes / 2**20, 2)
+        return out

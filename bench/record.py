@@ -1,0 +1,158 @@
+"""Run records: one JSON file per run, written atomically, keyed by a hash of the semantic config."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunebench import RECORD_SCHEMA_VERSION
+
+# Top-level config keys that do not change what a run computes: they are left out of the run id,
+# so moving results, switching loggers or launchers, or forcing a rerun keeps the same id.
+NON_SEMANTIC_KEYS = ("logger", "paths", "force", "sweep", "threads", "launcher")
+STATUSES = ("ok", "failed", "diverged")
+TRACKED_PACKAGES = (
+    "torch", "transformers", "peft", "accelerate", "hydra-core", "numpy", "pandas", "scikit-learn",
+    "datasets", "wandb", "avalanche-lib", "learn2learn", "open_clip_torch", "timm", "submitit",
+)
+
+
+def run_id(config: dict) -> str:
+    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
+    canonical = json.dumps(semantic, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def record_path(sweep_dir: Path, rid: str) -> Path:
+    return Path(sweep_dir) / f"{rid}.json"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON; keep them readable as strings instead of producing invalid files."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, record: dict) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a reader never sees half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(record), f, indent=2, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a valid JSON record ({e})") from None
+    if not isinstance(record, dict) or "run_id" not in record or record.get("status") not in STATUSES:
+        raise ValueError(f"{path}: not a tunebench run record (needs 'run_id' and a status in {STATUSES})")
+    return record
+
+
+def iter_records(sweep_dir: Path) -> Iterator[dict]:
+    """Every record under sweep_dir (recursively); temp files of interrupted writes are ignored."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
+    for path in sorted(sweep_dir.rglob("*.json")):
+        if not path.name.startswith("."):
+            yield read_record(path)
+
+
+def existing_status(sweep_dir: Path, rid: str) -> str | None:
+    path = record_path(sweep_dir, rid)
+    if not path.exists():
+        return None
+    try:
+        return read_record(path)["status"]
+    except ValueError:
+        return None  # a corrupt record is redone, not trusted
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(device: str) -> dict:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_commit": _git_commit(),
+        "host": socket.gethostname(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def error_info(exc: BaseException) -> dict:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def new_record(config: dict, rid: str, sweep: str) -> dict:
+    return {
+        "schema_version": RECORD_SCHEMA_VERSION,
+        "run_id": rid,
+        "sweep": sweep,
+        "status": None,
+        "started_at": now_iso(),
+        "finished_at": None,
+        "config": config,
+        "cell": {},
+        "task": {},
+        "refinements": [],
+        "metrics": {},
+        "cost": {},
+        "curve": [],
+        "env": {},
+        "error": None,
+    }

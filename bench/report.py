@@ -1,0 +1,137 @@
+"""`tunebench report SWEEP_DIR`: comparison tables (Markdown, CSV, LaTeX) and plots from the records.
+
+Rows are (task, refinement, method, lr), with mean +- std over seeds of accuracy and macro-F1 and
+the mean cost columns. Failed / diverged runs are counted, never averaged in.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tunebench.frame import GROUP_KEYS, load_frame
+
+STAT_COLUMNS = {"test_acc": "acc", "test_macro_f1": "macro_f1"}
+COST_COLUMNS = {
+    "params_trainable": "trainable_params", "trainable_pct": "trainable_pct", "peak_memory_mb": "peak_mem_mb",
+    "train_seconds": "train_s", "samples_per_second": "samples_per_s", "saved_bytes": "saved_bytes",
+}
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, refine, method, lr): seeds, failures, mean / std of scores, mean costs."""
+    ok = frame[frame.status == "ok"]
+    groups = frame.groupby(GROUP_KEYS, dropna=False, sort=True)
+    table = pd.DataFrame({"seeds_ok": ok.groupby(GROUP_KEYS, dropna=False).size()})
+    table = table.reindex(groups.size().index, fill_value=0)
+    table["not_ok"] = groups.size() - table["seeds_ok"]
+    ok_groups = ok.groupby(GROUP_KEYS, dropna=False)
+    for source, name in STAT_COLUMNS.items():
+        table[f"{name}_mean"] = ok_groups[source].mean()
+        table[f"{name}_std"] = ok_groups[source].std(ddof=1)
+    for source, name in COST_COLUMNS.items():
+        table[name] = ok_groups[source].mean()
+    return table.reset_index()
+
+
+def _pm(mean, std, digits: int = 4) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable columns for Markdown / LaTeX (the CSV keeps the raw numbers)."""
+    out = table[GROUP_KEYS + ["seeds_ok", "not_ok"]].copy()
+    out["lr"] = out["lr"].map(lambda v: f"{v:.1e}")
+    out["acc"] = [_pm(m, s) for m, s in zip(table.acc_mean, table.acc_std)]
+    out["macro-F1"] = [_pm(m, s) for m, s in zip(table.macro_f1_mean, table.macro_f1_std)]
+    out["trainable"] = table.trainable_params.map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
+    out["trainable %"] = table.trainable_pct.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    out["peak mem MB"] = table.peak_mem_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+    out["train s"] = table.train_s.map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+    return out
+
+
+def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Mask of points no other point beats on both axes (lower cost, higher accuracy)."""
+    mask = np.ones(len(cost), dtype=bool)
+    for i in range(len(cost)):
+        dominated = (cost <= cost[i]) & (acc >= acc[i]) & ((cost < cost[i]) | (acc > acc[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    data = table.dropna(subset=["acc_mean"])
+    axes_spec = [("trainable_params", "trainable parameters (log)", True), ("peak_mem_mb", "peak memory over baseline (MB)", False)]
+    for (task, refine), group in data.groupby(["task", "refine"]):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, (column, label, log_x) in zip(axes, axes_spec):
+            g = group.dropna(subset=[column])
+            front = pareto_front(g[column].to_numpy(), g["acc_mean"].to_numpy())
+            ax.errorbar(g[column], g["acc_mean"], yerr=g["acc_std"].fillna(0), fmt="o", capsize=3, color="tab:blue")
+            for (_, row), on_front in zip(g.iterrows(), front):
+                ax.annotate(f"{row.method} ({row.lr:.0e})", (row[column], row.acc_mean), fontsize=8,
+                            xytext=(4, 4), textcoords="offset points")
+            f = g[front].sort_values(column)
+            ax.plot(f[column], f["acc_mean"], "--", color="tab:red", label="Pareto front")
+            ax.set_xscale("log" if log_x else "linear")
+            ax.set_xlabel(label)
+            ax.set_ylabel("test accuracy (mean ± std over seeds)")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="lower right")
+        fig.suptitle(f"{task} — refinement: {refine}")
+        fig.tight_layout()
+        path = out_dir / f"{task}__{refine}__accuracy_vs_cost.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(sweep_dir: Path, out_root: Path | None = None) -> dict:
+    sweep_dir = Path(sweep_dir)
+    out_root = Path(out_root) if out_root else sweep_dir.parent.parent
+    tables_dir, plots_dir = out_root / "tables" / sweep_dir.name, out_root / "plots" / sweep_dir.name
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    frame = load_frame(sweep_dir)
+    table = summarize(frame)
+    shown = display_table(table)
+    markdown = shown.to_markdown(index=False)
+    paths = {"md": tables_dir / "results.md", "csv": tables_dir / "results.csv", "tex": tables_dir / "results.tex"}
+    paths["md"].write_text(markdown + "\n")
+    table.to_csv(paths["csv"], index=False)
+    paths["tex"].write_text(
+        shown.style.hide(axis="index").to_latex(
+            hrules=True, caption=f"tunebench sweep {sweep_dir.name}: test accuracy and cost (mean ± std over seeds)"
+        ).replace("±", r"$\pm$").replace("%", r"\%")
+    )
+    paths["plots"] = plot(table, plots_dir)
+    return {"table": table, "markdown": markdown, "paths": paths, "runs": len(frame)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunebench report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
+    parser.add_argument("--out", type=Path, default=None, help="results root for tables/ and plots/ (default: two levels above SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        result = write_report(args.sweep_dir, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"tunebench report: {e}")
+        return 2
+    print(result["markdown"])
+    print(f"\n{result['runs']} records -> " + ", ".join(str(p) for k, p in result["paths"].items() if k != "plots"))
+    for p in result["paths"]["plots"]:
+        print(f"plot -> {p}")
+    return 0

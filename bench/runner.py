@@ -1,0 +1,142 @@
+"""One run: load task -> refine -> build model -> adapt -> fit/evaluate -> one atomic JSON record.
+
+A failing cell writes a `failed` record (with its traceback) and the sweep goes on; a non-finite
+loss ends the run as `diverged`; an existing `ok` record makes the run skip unless force=true.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from tunebench import record as rec
+from tunebench.loggers import LOGGERS
+from tunebench.meter import CostMeter
+from tunebench.seeding import seed_everything
+
+log = logging.getLogger("tunebench")
+
+
+def semantic_config(cfg: DictConfig) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
+def _device(cfg) -> str:
+    wanted = str(cfg.train.get("device", "auto"))
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cell_of(cfg, task_name: str, refine: str) -> dict:
+    return {
+        "task": task_name, "refine": refine, "method": str(cfg.method.name), "lr": float(cfg.method.get("lr", 0.0)) * float(cfg.train.get("lr_scale", 1.0)),
+        "seed": int(cfg.seed), "model": str(cfg.model.name),
+    }
+
+
+def _execute(cfg, record: dict, ctx: dict) -> None:
+    """The run itself; fills `record` as it goes so a failure keeps what was measured."""
+    from tunebench.datasets import load
+    from tunebench.datasets.refine import apply_chain, chain_name
+    from tunebench.methods import METHODS
+    from tunebench.models import build
+
+    method = METHODS.get(str(cfg.method.name))()  # unknown names fail before any work
+    seed_everything(int(cfg.seed))
+    task = load(cfg.data)
+    task, init, record["refinements"] = apply_chain(task, cfg.refine, ctx)
+    record["task"] = task.summary()
+    record["cell"] = cell_of(cfg, task.name, chain_name(cfg.refine))
+    device = _device(cfg)
+    record["env"] = rec.environment(device)
+    meter = CostMeter(device).start()
+    ctx["meter"] = meter
+    try:
+        model = build(cfg.model, task, init)
+        model.net = method.adapt(model.net, cfg.method).to(device)
+        meter.count_params(model.net, model.head_prefixes)
+        if cfg.count_only:
+            return
+        result = method.fit_evaluate(model, task, cfg, meter, ctx)
+        record["metrics"], record["curve"] = result["metrics"], result.get("curve", [])
+    finally:
+        meter.stop()
+        record["cost"] = meter.summary()
+
+
+def run_cell(cfg: DictConfig) -> str:
+    """Run one cell and write its record; returns the status ('ok', 'failed', 'diverged', 'skipped')."""
+    from tunebench.methods import Diverged
+
+    _quiet_libraries()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    config = semantic_config(cfg)
+    rid = rec.run_id(config)
+    path = rec.record_path(Path(cfg.paths.runs) / str(cfg.sweep), rid)
+    if not cfg.force and rec.existing_status(path.parent, rid) == "ok":
+        log.info("skip %s (%s seed %s): ok record exists at %s", rid, cfg.method.name, cfg.seed, path)
+        return "skipped"
+    record = rec.new_record(config, rid, str(cfg.sweep))
+    logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
+    ctx = {"seed": int(cfg.seed), "cache_dir": Path(cfg.paths.cache), "run_id": rid, "log_metrics": logger.log}
+    log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
+    try:
+        _execute(cfg, record, ctx)
+        record["status"] = "ok"
+    except Diverged as e:
+        record["status"], record["error"] = "diverged", rec.error_info(e)
+        log.warning("run %s diverged: %s", rid, e)
+    except Exception as e:
+        record["status"], record["error"] = "failed", rec.error_info(e)
+        log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
+    record["finished_at"] = rec.now_iso()
+    rec.write_atomic(path, record)
+    logger.finish(record)
+    _log_outcome(record, path)
+    return record["status"]
+
+
+def _log_outcome(record: dict, path: Path) -> None:
+    m, c = record["metrics"], record["cost"]
+    if record["status"] == "ok" and "test_acc" in m:
+        log.info(
+            "done %s: test acc %.4f  macro-F1 %.4f  trainable %s (%.3f%%)  peak mem %s MB  train %.1f s  -> %s",
+            record["run_id"], m["test_acc"], m["test_macro_f1"], c.get("params_trainable"),
+            c.get("trainable_pct", 0.0), c.get("peak_memory_mb"), c.get("train_seconds", 0.0), path,
+        )
+    else:
+        log.info("done %s: %s -> %s", record["run_id"], record["status"], path)
+
+
+class SweepSummary(Callback):
+    """Counts cell outcomes in a multirun and prints them at the end (the exit code follows them)."""
+
+    outcomes: list[str] = []
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        SweepSummary.outcomes = []
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        value = getattr(job_return, "_return_value", None)
+        SweepSummary.outcomes.append(value if isinstance(value, str) else "failed")
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged")}
+        log.info(
+            "sweep '%s': %d cells: %s  (records: %s)", config.sweep, len(SweepSummary.outcomes),
+            ", ".join(f"{n} {s}" for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),
+        )

@@ -1,0 +1,17 @@
+"""Tasks: built-in offline tasks, local files and HuggingFace hub datasets, behind one `load`."""
+from __future__ import annotations
+
+from tunebench.registry import Registry
+
+from .task import Split, Task
+
+# name -> builder(cfg) -> Task; modules below register themselves.
+TASKS: Registry = Registry("task", plugin_modules=("tunebench.datasets.builtin", "tunebench.datasets.files", "tunebench.datasets.hub"))
+
+
+def load(cfg) -> Task:
+    """Build the task that `cfg.data.name` names (the `data` config group)."""
+    return TASKS.get(cfg.name)(cfg)
+
+
+__all__ = ["Split", "Task", "TASKS", "load"]

@@ -1,0 +1,77 @@
+"""The Task interface every refinement and method sees: splits, an unlabeled pool, classes, modality."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Split:
+    x: list  # inputs: strings for text tasks
+    y: np.ndarray  # int64 class indices
+    labeled: bool = True  # False for the pool: its labels are hidden, only an oracle may reveal them
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, indices) -> "Split":
+        indices = np.asarray(indices, dtype=np.int64)
+        return replace(self, x=[self.x[i] for i in indices], y=self.y[indices])
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return np.bincount(self.y, minlength=num_classes).tolist()
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    modality: str  # "text" | "image" | "image-text"
+    classes: list[str]
+    train: Split
+    validation: Split
+    test: Split
+    pool: Split
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "validation": self.validation, "test": self.test, "pool": self.pool}
+
+    def data_hash(self) -> str:
+        """Content hash of all splits and the class list (keys refinement caches and records)."""
+        h = hashlib.sha256(json.dumps([self.name, self.modality, self.classes]).encode())
+        for split_name, split in self.splits().items():
+            h.update(split_name.encode())
+            h.update(json.dumps(split.x, ensure_ascii=False).encode())
+            h.update(np.ascontiguousarray(split.y, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def majority_baseline(self) -> float:
+        """Test accuracy of always predicting the most frequent training class."""
+        majority = int(np.bincount(self.train.y, minlength=self.num_classes).argmax())
+        return float(np.mean(self.test.y == majority)) if len(self.test) else float("nan")
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "classes": self.classes,
+            "sizes": {k: len(v) for k, v in self.splits().items()},
+            "train_class_counts": self.train.class_counts(self.num_classes),
+            "majority_baseline_test_acc": self.majority_baseline(),
+            "data_hash": self.data_hash(),
+            **self.meta,
+        }
+
+    def with_train(self, train: Split) -> "Task":
+        return replace(self, train=train)

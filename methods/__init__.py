@@ -1,0 +1,17 @@
+"""Fine-tuning methods. Each module registers one method; configs name it with `method.name`."""
+from tunebench.registry import Registry
+
+METHODS: Registry = Registry(
+    "method",
+    plugin_modules=(
+        "tunebench.methods.full",
+        "tunebench.methods.lora",
+        "tunebench.methods.prefix",
+        "tunebench.methods.ia3",
+        "tunebench.methods.prompt",
+    ),
+)
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the run ends with status `diverged`."""

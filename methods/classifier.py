@@ -1,0 +1,207 @@
+"""Shared fit / evaluate loop for sequence-classification methods (full, LoRA, prefix, IA3, prompt).
+
+Every method gets the same data order (from the run seed), the same number of steps and the same
+evaluation schedule; only `adapt` (what is trainable) and the method's optimiser settings differ.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from tunebench.meter import CostMeter
+from tunebench.methods import Diverged
+
+log = logging.getLogger("tunebench")
+
+
+@dataclass
+class Encoded:
+    """A tokenised split: token id lists (padded per batch, dynamically) and labels."""
+    input_ids: list[list[int]]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(tokenizer, split, max_length: int) -> Encoded:
+    ids = tokenizer(list(split.x), truncation=True, max_length=max_length)["input_ids"]
+    return Encoded(ids, np.asarray(split.y, dtype=np.int64))
+
+
+def collate(tokenizer, data: Encoded, indices) -> dict:
+    batch = tokenizer.pad({"input_ids": [data.input_ids[i] for i in indices]}, return_tensors="pt")
+    batch["labels"] = torch.as_tensor(data.labels[indices])
+    return batch
+
+
+def batch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[np.ndarray]:
+    """Shuffled batches for all epochs, from the run seed only: identical across methods."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
+    return batches
+
+
+def eval_steps(total_steps: int, evals: int) -> set[int]:
+    """`evals` evenly spaced evaluation points, the last one at the final step."""
+    evals = max(1, min(evals, total_steps))
+    return {math.ceil(total_steps * k / evals) for k in range(1, evals + 1)}
+
+
+@torch.no_grad()
+def predict(net, tokenizer, data: Encoded, batch_size: int) -> np.ndarray:
+    net.eval()
+    preds = []
+    for start in range(0, len(data), batch_size):
+        batch = collate(tokenizer, data, np.arange(start, min(start + batch_size, len(data))))
+        batch.pop("labels")
+        preds.append(net(**batch).logits.argmax(-1).numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def scores(preds: np.ndarray, labels: np.ndarray) -> dict:
+    return {
+        "acc": float(np.mean(preds == labels)),
+        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+    }
+
+
+def trainable_state(net) -> dict:
+    return {k: v.detach().clone() for k, v in net.named_parameters() if v.requires_grad}
+
+
+@dataclass
+class TrainPlan:
+    batches: list
+    evals_at: set
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    grad_clip: float | None
+    eval_batch_size: int
+    curve: list = field(default_factory=list)
+
+
+def effective_lr(cfg) -> float:
+    return float(cfg.method.lr) * float(cfg.train.get("lr_scale", 1.0))
+
+
+def make_plan(n_train: int, cfg) -> TrainPlan:
+    t, m = cfg.train, cfg.method
+    batches = batch_order(n_train, int(t.batch_size), int(t.epochs), int(cfg.seed))
+    if t.get("max_steps"):
+        batches = batches[: int(t.max_steps)]
+    return TrainPlan(
+        batches=batches,
+        evals_at=eval_steps(len(batches), int(t.evals)),
+        lr=effective_lr(cfg),
+        weight_decay=float(m.get("weight_decay", 0.0)),
+        warmup_ratio=float(m.get("warmup_ratio", 0.0)),
+        grad_clip=t.get("grad_clip"),
+        eval_batch_size=int(t.eval_batch_size),
+    )
+
+
+def make_optimizer(net, plan: TrainPlan):
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the adapted model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
+    total = len(plan.batches)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(plan.warmup_ratio * total), total)
+    return optimizer, scheduler
+
+
+def train_step(net, batch, optimizer, scheduler, grad_clip) -> torch.Tensor:
+    loss = net(**batch).loss
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+class SequenceClassifierMethod:
+    """Base for methods that fine-tune a (possibly adapted) sequence classifier end to end."""
+
+    name = "base"
+
+    def adapt(self, net, cfg):
+        """Return the network to train; the base trains every parameter."""
+        return net
+
+    def save(self, net, out_dir: str) -> None:
+        net.save_pretrained(out_dir)
+
+    def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
+        net, tok = model.net, model.tokenizer
+        max_length = int(task.meta.get("max_length", 128))
+        train, val, test = (encode(tok, s, max_length) for s in (task.train, task.validation, task.test))
+        plan = make_plan(len(train), cfg)
+        optimizer, scheduler = make_optimizer(net, plan)
+        best = self._train(net, tok, train, val, plan, optimizer, scheduler, meter, ctx)
+        if cfg.train.get("select_best", True) and best["state"] is not None:
+            net.load_state_dict(best["state"], strict=False)
+        with meter.phase("eval"):
+            test_preds = predict(net, tok, test, plan.eval_batch_size)
+        self._measure_saved(net, meter)
+        result = {f"test_{k}": v for k, v in scores(test_preds, test.labels).items()}
+        result.update(
+            best_val_acc=best["acc"],
+            best_step=best["step"],
+            steps=len(plan.batches),
+            test_correct="".join("1" if c else "0" for c in test_preds == test.labels),
+            majority_baseline_test_acc=task.majority_baseline(),
+        )
+        return {"metrics": result, "curve": plan.curve}
+
+    def _train(self, net, tok, train, val, plan, optimizer, scheduler, meter, ctx) -> dict:
+        best = {"acc": -1.0, "step": 0, "state": None}
+        running, seen = 0.0, 0
+        progress = tqdm(plan.batches, desc=f"train {self.name}", unit="step", mininterval=5, leave=False)
+        for step, indices in enumerate(progress, start=1):
+            with meter.phase("train"):
+                net.train()
+                loss = train_step(net, collate(tok, train, indices), optimizer, scheduler, plan.grad_clip)
+                loss_value = float(loss)
+                if not math.isfinite(loss_value):
+                    raise Diverged(f"non-finite training loss {loss_value} at step {step} (lr={plan.lr})")
+            if step == 1:
+                meter.count_training_state(net, optimizer)
+            meter.add_train_samples(len(indices))
+            running, seen = running + loss_value, seen + 1
+            if step in plan.evals_at:
+                with meter.phase("eval"):
+                    val_scores = scores(predict(net, tok, val, plan.eval_batch_size), val.labels)
+                point = {"step": step, "train_loss": running / seen, **{f"val_{k}": v for k, v in val_scores.items()}}
+                plan.curve.append(point)
+                if ctx is not None and ctx.get("log_metrics"):
+                    ctx["log_metrics"](point, step)
+                log.info("step %d/%d  loss %.4f  val acc %.4f", step, len(plan.batches), point["train_loss"], val_scores["acc"])
+                running, seen = 0.0, 0
+                if val_scores["acc"] > best["acc"]:
+                    best = {"acc": val_scores["acc"], "step": step, "state": trainable_state(net)}
+        progress.close()
+        return best
+
+    def _measure_saved(self, net, meter: CostMeter) -> None:
+        out = tempfile.mkdtemp(prefix="tunebench-save-")
+        try:
+            self.save(net, out)
+            meter.count_saved(out)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)

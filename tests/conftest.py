@@ -1,0 +1,45 @@
+"""Shared fixtures. Everything runs offline: packaged assets, local files, a tiny local model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNEBENCH = [sys.executable, "-m", "tunebench.cli"]
+
+# Small but real settings for CLI runs: packaged MiniLM, few sentences, no wandb.
+TINY = [
+    "logger=none", "data.train_size=64", "data.validation_size=64", "data.test_size=128", "data.pool_size=64",
+    "train.evals=2", "train.batch_size=16",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BERT saved as a local HF folder with the packaged MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tunebench.models import resolve_source
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    minilm, _ = resolve_source("minilm-l6")
+    tokenizer = AutoTokenizer.from_pretrained(minilm, local_files_only=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(Path(cwd) / "results"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*TUNEBENCH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
