@@ -1,7 +1,12 @@
 """Shared part of the peft-backed methods: wrap the model with a peft config, save only the adapter."""
+import torch
 from peft import TaskType, get_peft_model
 
 from .classifier import SequenceClassifierMethod
+
+
+def linear_module_names(net) -> list[str]:
+    return sorted({name.split(".")[-1] for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
 class PeftMethod(SequenceClassifierMethod):
@@ -10,7 +15,15 @@ class PeftMethod(SequenceClassifierMethod):
 
     def adapt(self, net, cfg):
         # task_type SEQ_CLS makes peft train the new classifier head too (modules_to_save).
-        return get_peft_model(net, self.peft_config(cfg))
+        try:
+            return get_peft_model(net, self.peft_config(cfg))
+        except ValueError as e:
+            targets = cfg.get("target_modules")
+            raise ValueError(
+                f"method={self.name}: peft could not adapt {type(net).__name__} "
+                f"(method.target_modules={list(targets) if targets else None}); linear modules of this model "
+                f"are named {linear_module_names(net)}. peft said: {e}"
+            ) from e
 
     @staticmethod
     def task_type():

@@ -1,0 +1,57 @@
+"""The command line as a user meets it: errors that name what is wrong, --help that helps."""
+import sys
+
+import pandas as pd
+
+from .conftest import ROOT, TINY, run_tunebench
+
+
+def test_unknown_method_lists_the_available_methods(tmp_path):
+    out = run_tunebench(["run", "method=nosuch"], tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "Could not find 'method/nosuch'" in text
+    for name in ("full", "lora", "prefix", "ia3", "prompt"):
+        assert f"\t{name}\n" in text
+
+
+def test_missing_data_file_is_named(tmp_path):
+    out = run_tunebench(["run", "data=files", "data.train=missing.csv", "logger=none"], tmp_path)
+    assert out.returncode == 1
+    assert "data.train: file 'missing.csv' does not exist" in out.stdout + out.stderr
+
+
+def test_label_outside_declared_classes_names_the_row(tmp_path):
+    rows = [{"text": f"sentence {i}", "label": ["neg", "pos"][i % 2]} for i in range(20)]
+    rows[12]["label"] = "meh"
+    pd.DataFrame(rows).to_csv(tmp_path / "bad.csv", index=False)
+    out = run_tunebench(["run", "data=files", "data.train=bad.csv", "data.classes=[neg,pos]", "logger=none"], tmp_path)
+    assert out.returncode == 1
+    assert "bad.csv, row 13 (line 14): label 'meh' in column 'label' is not one of the declared classes" in out.stdout + out.stderr
+
+
+def test_help_lists_commands_and_config_groups(tmp_path):
+    out = run_tunebench(["--help"], tmp_path)
+    assert out.returncode == 0 and all(c in out.stdout for c in ("run", "report", "claim", "status", "perf"))
+    out = run_tunebench(["run", "--help"], tmp_path)
+    assert out.returncode == 0
+    assert "method: full, ia3, lora, prefix, prompt" in out.stdout
+    assert "experiment: lr_grid, paper_roberta, quick" in out.stdout
+
+
+def test_python_m_from_the_project_root_still_finds_huggingface_datasets(tmp_path, tiny_bert_dir):
+    """`python -m` puts the project root (with its datasets/ folder) on sys.path."""
+    folder = tmp_path / "local_ds"
+    folder.mkdir()
+    pd.DataFrame({"text": [f"s {i}" for i in range(30)], "label": [i % 2 for i in range(30)]}).to_csv(folder / "train.csv", index=False)
+    import os
+    import subprocess
+
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
+    out = subprocess.run(
+        [sys.executable, "-m", "tunebench.run", "data=hf", f"data.path={folder}", f"model.name={tiny_bert_dir}",
+         "count_only=true", *TINY[:1]],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "done" in out.stderr + out.stdout

@@ -1,0 +1,109 @@
+"""End-to-end sweeps through the real CLI with the packaged MiniLM and real data (small sizes)."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY, TUNEBENCH, run_tunebench
+
+pytestmark = pytest.mark.slow
+
+
+def run_records(root: Path, sweep: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "results" / "runs" / sweep).glob("*.json"))]
+
+
+def test_sweep_records_skip_report_and_claim(tmp_path):
+    args = ["run", "-m", "method=full,lora", "seed=0,1", *TINY, "sweep=e2e"]
+    first = run_tunebench(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = run_records(tmp_path, "e2e")
+    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    assert {(r["cell"]["method"], r["cell"]["seed"]) for r in records} == {("full", 0), ("full", 1), ("lora", 0), ("lora", 1)}
+    job_dirs = [p.name for p in (tmp_path / "results" / "hydra" / "e2e").glob("*/*_*")]
+    assert sorted(d.split("_", 1)[1] for d in job_dirs) == sorted(r["run_id"] for r in records)
+    assert "sweep 'e2e': 4 cells: 4 ok" in first.stderr
+
+    start = time.perf_counter()
+    again = run_tunebench(args, tmp_path)
+    assert again.returncode == 0 and again.stderr.count("skip ") == 4 and "4 skipped" in again.stderr
+    assert time.perf_counter() - start < 120  # no model is loaded for a skipped cell (generous: CI load)
+
+    report = run_tunebench(["report", "results/runs/e2e"], tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    table = (tmp_path / "results" / "tables" / "e2e" / "results.md").read_text()
+    assert table.count("| rotten_tomatoes |") == 2 and "full" in table and "lora" in table
+    assert (tmp_path / "results" / "tables" / "e2e" / "results.tex").exists()
+    assert list((tmp_path / "results" / "plots" / "e2e").glob("*.png"))
+    claim = run_tunebench(["claim", "results/runs/e2e"], tmp_path)
+    assert claim.returncode == 0 and "lora vs full" in claim.stdout
+    verdicts = json.loads((tmp_path / "results" / "tables" / "e2e" / "claim.json").read_text())[0]["parts"]
+    assert verdicts[1]["verdict"] == "supported"  # LoRA trains 0.33% of MiniLM's parameters
+
+
+def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    out = run_tunebench(["run", "-m", "method=lora", "method.name=lora,nosuch", *TINY, "sweep=fail"], tmp_path)
+    assert out.returncode == 1  # the sweep finished, but not every cell is ok
+    statuses = sorted(r["status"] for r in run_records(tmp_path, "fail"))
+    assert statuses == ["failed", "ok"]
+    status = run_tunebench(["status", "results/runs/fail"], tmp_path)
+    assert status.returncode == 1
+    assert "unknown method 'nosuch'" in status.stdout and "1 failed, 1 ok" in status.stdout
+
+
+def test_killed_sweep_resumes_with_exactly_one_record_per_cell(tmp_path):
+    args = [*TUNEBENCH, "run", "-m", "method=full,lora", "seed=0,1", *TINY, "sweep=kill"]
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
+    runs = tmp_path / "results" / "runs" / "kill"
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and len(list(runs.glob("*.json"))) < 1:
+            time.sleep(0.2)
+        time.sleep(1.5)  # now inside the second cell
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    assert 1 <= len(done_before) < 4
+    for p in runs.glob("*.json"):
+        json.loads(p.read_text())  # nothing partial
+    resumed = run_tunebench(args[len(TUNEBENCH):], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = run_records(tmp_path, "kill")
+    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    assert not [p for p in runs.iterdir() if not p.name.endswith(".json")]  # no temp files left
+    assert all(runs.joinpath(n).stat().st_mtime_ns == t for n, t in done_before.items())  # finished cells kept
+    assert resumed.stderr.count("skip ") == len(done_before)
+
+
+def test_paper_check_counts_through_the_cli(tmp_path):
+    out = run_tunebench(["run", "-m", "experiment=paper_roberta"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cost = {r["cell"]["method"]: r["cost"] for r in run_records(tmp_path, "paper_roberta")}
+    assert 124.5e6 < cost["full"]["params_trainable"] < 125.5e6
+    assert cost["lora"]["params_trainable_excl_head"] == 294_912
+    assert cost["prefix"]["params_trainable_excl_head"] == 10 * 12 * 2 * 768
+
+
+def test_methods_learn_on_real_sentences(tmp_path):
+    """A small real run: every core method ends clearly above the 50% majority baseline."""
+    out = run_tunebench(["run", "-m", "method=full,lora,prefix", "logger=none", "data.train_size=640",
+                         "data.validation_size=200", "data.test_size=400", "train.batch_size=16", "train.evals=2",
+                         "sweep=learn"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    accuracy = {r["cell"]["method"]: r["metrics"]["test_acc"] for r in run_records(tmp_path, "learn")}
+    assert all(acc >= 0.6 for acc in accuracy.values()), accuracy
+
+
+def test_wandb_logger_runs_offline(tmp_path):
+    out = run_tunebench(["run", *[a for a in TINY if not a.startswith("logger")], "logger=wandb", "method=lora", "sweep=wb"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [record] = run_records(tmp_path, "wb")
+    assert record["status"] == "ok"
+    offline_runs = list((tmp_path / "results" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
