@@ -28,10 +28,12 @@ $(STAMP): $(PINS)
 	@touch $(STAMP)
 	@echo "[setup] $(VENV) is up to date"
 
+# The report and the verdict are written even if a cell failed; the exit code still says so.
 run: $(STAMP)
-	$(VENV)/bin/tunebench run -m experiment=quick
-	$(VENV)/bin/tunebench report results/runs/quick
-	$(VENV)/bin/tunebench claim results/runs/quick
+	@status=0; $(VENV)/bin/tunebench run -m experiment=quick || status=$$?; \
+	$(VENV)/bin/tunebench report results/runs/quick && $(VENV)/bin/tunebench claim results/runs/quick || exit 1; \
+	$(VENV)/bin/tunebench status results/runs/quick > /dev/null || echo "[run] some cells are not ok: tunebench status results/runs/quick"; \
+	exit $$status
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -107,7 +107,7 @@ def write_report(sweep_dir: Path, out_root: Path | None = None) -> dict:
     frame = load_frame(sweep_dir)
     table = summarize(frame)
     shown = display_table(table)
-    markdown = shown.to_markdown(index=False)
+    markdown = shown.to_markdown(index=False, disable_numparse=True)
     paths = {"md": tables_dir / "results.md", "csv": tables_dir / "results.csv", "tex": tables_dir / "results.tex"}
     paths["md"].write_text(markdown + "\n")
     table.to_csv(paths["csv"], index=False)

@@ -28,7 +28,7 @@ def test_ok_run_writes_full_record_and_a_rerun_skips(tmp_path, monkeypatch, tiny
     [record] = records(tmp_path)
     assert record["status"] == "ok" and record["error"] is None
     cell = record["cell"]
-    assert cell.pop("lr") == pytest.approx(1e-3)
+    assert cell.pop("lr") == pytest.approx(3e-3)  # conf/method/lora.yaml
     assert cell == {"task": "rotten_tomatoes", "refine": "none", "method": "lora", "seed": 0, "model": str(tiny_bert_dir)}
     m, c = record["metrics"], record["cost"]
     assert 0.0 <= m["test_acc"] <= 1.0 and len(m["test_correct"]) == 128
