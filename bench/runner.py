@@ -131,7 +131,10 @@ class SweepSummary(Callback):
         SweepSummary.outcomes = []
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
-        value = getattr(job_return, "_return_value", None)
+        from hydra.core.utils import JobStatus
+
+        # A job that raised past run_cell (status FAILED) counts as failed.
+        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else "failed"
         SweepSummary.outcomes.append(value if isinstance(value, str) else "failed")
 
     def on_multirun_end(self, config, **kwargs) -> None:
