@@ -28,9 +28,16 @@ def _row(record: dict) -> dict:
     row.update({k: cell.get(k, fallback[k]) for k in CELL_KEYS})
     row.update({k: metrics.get(k) for k in METRIC_KEYS})
     row.update({k: cost.get(k) for k in COST_KEYS})
-    row["slurm_job_id"] = (record.get("env") or {}).get("slurm_job_id")
+    row["slurm_job_id"] = slurm_job(record.get("env") or {})
     row["error"] = (record.get("error") or {}).get("message")
     return row
+
+
+def slurm_job(env: dict) -> str | None:
+    """The job id as sacct / squeue show it: `<array job>_<task>` for array jobs."""
+    if env.get("slurm_array_job_id") and env.get("slurm_array_task_id") is not None:
+        return f"{env['slurm_array_job_id']}_{env['slurm_array_task_id']}"
+    return env.get("slurm_job_id")
 
 
 def load_frame(sweep_dir: Path) -> pd.DataFrame:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from tunebench.checkpoint import RunCheckpoint
 from tunebench.meter import CostMeter
 
 
@@ -43,9 +45,13 @@ def _setup(method_name: str, steps: int, batch_size: int, seed: int):
 
 
 def _harness_round(method, model, train, plan, optimizer, scheduler) -> float:
+    from tunebench.methods.classifier import TrainLoop
+
     meter = CostMeter("cpu").start()
+    # As in a local run: a checkpoint that is written only on preemption.
+    loop = TrainLoop(model.net, optimizer, scheduler, plan, meter, RunCheckpoint(Path(tempfile.gettempdir()) / "tb-perf.pt", 0))
     start = time.perf_counter()
-    method._train(model.net, model.tokenizer, train, None, plan, optimizer, scheduler, meter, None)
+    method._train(model.net, model.tokenizer, train, None, loop, {})
     elapsed = time.perf_counter() - start
     meter.stop()
     return elapsed

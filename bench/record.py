@@ -81,7 +81,8 @@ def iter_records(sweep_dir: Path) -> Iterator[dict]:
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
     for path in sorted(sweep_dir.rglob("*.json")):
-        if not path.name.startswith("."):
+        # dot names: temp files of interrupted writes, the .cells/ manifest of launched cells
+        if not any(part.startswith(".") for part in path.relative_to(sweep_dir).parts):
             yield read_record(path)
 
 

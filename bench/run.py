@@ -1,24 +1,32 @@
 """The Hydra app: `tunebench run [overrides]` or `python -m tunebench.run [overrides]`."""
 from __future__ import annotations
 
+import os
 import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+# Before submitit is imported (it reads this once): SLURM jobs get SIGUSR1 before their time limit
+# and on `scancel --signal=USR1`, then checkpoint and requeue (tunebench.checkpoint).
+os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
 
-from tunebench import record
-from tunebench.runner import SweepSummary, run_cell
+import hydra  # noqa: E402
+from hydra.core.plugins import Plugins  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from hydra_plugins.tunebench_sweeper import TunebenchSweeper  # noqa: E402
+from tunebench import record  # noqa: E402
+from tunebench.runner import SweepSummary, run_cell, semantic_config  # noqa: E402
 
 
 def _run_id_of_root(*, _root_) -> str:
     """`${tb_run_id:}` in Hydra output dirs: the same run id the record gets."""
-    config = {k: OmegaConf.to_container(_root_[k], resolve=True) if OmegaConf.is_config(_root_[k]) else _root_[k]
-              for k in _root_ if k != "hydra"}
-    return record.run_id(config)
+    return record.run_id(semantic_config(_root_))
 
 
 OmegaConf.register_new_resolver("tb_run_id", _run_id_of_root, replace=True)
-FAILED = ("failed", "diverged")
+# Hydra's plugin scan does not see modules of an editable install: register ours by hand (after
+# the scan, which Plugins.instance() runs); importing it stores its config.
+Plugins.instance().register(TunebenchSweeper)
+FAILED = ("failed", "diverged", "missing")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tunebench.conf", config_name="config")

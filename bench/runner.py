@@ -6,6 +6,7 @@ loss ends the run as `diverged`; an existing `ok` record makes the run skip unle
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tunebench import record as rec
+from tunebench.checkpoint import RunCheckpoint, checkpoint_every
 from tunebench.loggers import LOGGERS
 from tunebench.meter import CostMeter
 from tunebench.seeding import seed_everything
@@ -21,9 +23,9 @@ log = logging.getLogger("tunebench")
 
 
 def semantic_config(cfg: DictConfig) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+    """The resolved config without Hydra's own node (which only exists before the job starts)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg if k != "hydra"}
 
 
 def _device(cfg) -> str:
@@ -38,6 +40,8 @@ def _quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # peft calls a transformers property that warns about its own rename on every adapter build.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def cell_of(cfg, task_name: str, refine: str) -> dict:
@@ -61,7 +65,6 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
     record["task"] = task.summary()
     record["cell"] = cell_of(cfg, task.name, chain_name(cfg.refine))
     device = _device(cfg)
-    record["env"] = rec.environment(device)
     meter = CostMeter(device).start()
     ctx["meter"] = meter
     try:
@@ -91,8 +94,11 @@ def run_cell(cfg: DictConfig) -> str:
         log.info("skip %s (%s seed %s): ok record exists at %s", rid, cfg.method.name, cfg.seed, path)
         return "skipped"
     record = rec.new_record(config, rid, str(cfg.sweep))
+    record["env"] = rec.environment(_device(cfg))  # first, so that even an early failure names its job
     logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
-    ctx = {"seed": int(cfg.seed), "cache_dir": Path(cfg.paths.cache), "run_id": rid, "log_metrics": logger.log}
+    checkpoint = RunCheckpoint(Path(cfg.paths.checkpoints) / str(cfg.sweep) / rid / "train.pt", checkpoint_every(cfg))
+    ctx = {"seed": int(cfg.seed), "cache_dir": Path(cfg.paths.cache), "run_id": rid, "log_metrics": logger.log,
+           "checkpoint": checkpoint}
     log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
     try:
         _execute(cfg, record, ctx)
@@ -103,8 +109,10 @@ def run_cell(cfg: DictConfig) -> str:
     except Exception as e:
         record["status"], record["error"] = "failed", rec.error_info(e)
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
+    record["resumed_from_step"] = ctx.get("resumed_from_step", 0)
     record["finished_at"] = rec.now_iso()
     rec.write_atomic(path, record)
+    checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)
     logger.finish(record)
     _log_outcome(record, path)
     return record["status"]
@@ -123,23 +131,30 @@ def _log_outcome(record: dict, path: Path) -> None:
 
 
 class SweepSummary(Callback):
-    """Counts cell outcomes in a multirun and prints them at the end (the exit code follows them)."""
+    """At the end of a multirun, reads every launched cell's record and counts the outcomes.
+
+    Records, not launcher return values: with submitit the jobs run (and their callbacks fire) on
+    the nodes, and a job SLURM lost has no return value at all (it counts as `missing`).
+    """
 
     outcomes: list[str] = []
 
-    def on_multirun_start(self, config, **kwargs) -> None:
-        SweepSummary.outcomes = []
-
-    def on_job_end(self, config, job_return, **kwargs) -> None:
-        from hydra.core.utils import JobStatus
-
-        # A job that raised past run_cell (status FAILED) counts as failed.
-        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else "failed"
-        SweepSummary.outcomes.append(value if isinstance(value, str) else "failed")
-
     def on_multirun_end(self, config, **kwargs) -> None:
-        counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged")}
+        from hydra_plugins.tunebench_sweeper import TunebenchSweeper
+
+        SweepSummary.outcomes = [_outcome(cell) for cell in TunebenchSweeper.launched]
+        counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged", "missing")}
         log.info(
             "sweep '%s': %d cells: %s  (records: %s)", config.sweep, len(SweepSummary.outcomes),
             ", ".join(f"{n} {s}" for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),
         )
+
+
+def _outcome(cell: dict) -> str:
+    try:
+        record = rec.read_record(rec.record_path(Path(cell["sweep_dir"]), cell["run_id"]))
+    except (FileNotFoundError, ValueError):
+        return "missing"
+    if record["status"] == "ok" and str(record.get("finished_at", "")) < cell["launched_at"]:
+        return "skipped"  # finished by an earlier launch
+    return record["status"]

@@ -17,6 +17,7 @@ from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from tunebench.checkpoint import PreemptionGuard, RunCheckpoint
 from tunebench.meter import CostMeter
 from tunebench.methods import Diverged
 
@@ -135,6 +136,54 @@ def train_step(net, batch, optimizer, scheduler, grad_clip) -> torch.Tensor:
     return loss.detach()
 
 
+class TrainLoop:
+    """The state of a training loop that a checkpoint must carry to continue exactly where it was."""
+
+    def __init__(self, net, optimizer, scheduler, plan: TrainPlan, meter: CostMeter, checkpoint: RunCheckpoint | None):
+        self.net, self.optimizer, self.scheduler, self.plan, self.meter = net, optimizer, scheduler, plan, meter
+        self.checkpoint = checkpoint
+        self.step, self.running, self.seen = 0, 0.0, 0
+        self.best = {"acc": -1.0, "step": 0, "state": None}
+
+    def state(self) -> dict:
+        return {
+            "step": self.step, "running": self.running, "seen": self.seen, "best": self.best,
+            "trainable": trainable_state(self.net), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "curve": list(self.plan.curve),
+            "torch_rng": torch.get_rng_state(), "n_batches": len(self.plan.batches),
+            "meter": {"train": self.meter.times["train"], "eval": self.meter.times["eval"], "samples": self.meter.train_samples},
+        }
+
+    def resume(self) -> int:
+        """Load the run's checkpoint if there is one; returns the step it resumes from (0: fresh)."""
+        state = self.checkpoint.load() if self.checkpoint else None
+        if not state:
+            return 0
+        if state["n_batches"] != len(self.plan.batches):
+            raise ValueError(f"checkpoint {self.checkpoint.path} is for {state['n_batches']} steps, this run has "
+                             f"{len(self.plan.batches)}; delete it to start over")
+        self.net.load_state_dict(state["trainable"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.running, self.seen, self.best = state["step"], state["running"], state["seen"], state["best"]
+        self.plan.curve[:] = state["curve"]
+        self.meter.times["train"] += state["meter"]["train"]
+        self.meter.times["eval"] += state["meter"]["eval"]
+        self.meter.train_samples += state["meter"]["samples"]
+        log.info("resuming from step %d/%d (%s)", self.step, len(self.plan.batches), self.checkpoint.path)
+        return self.step
+
+    def after_step(self, guard: PreemptionGuard) -> None:
+        if self.checkpoint is None:
+            return
+        if guard.requested:
+            self.checkpoint.save(self.state())
+            guard.hand_over()  # submitit requeues the job and exits this process
+        elif self.checkpoint.due(self.step) and self.step < len(self.plan.batches):
+            self.checkpoint.save(self.state())
+
+
 class SequenceClassifierMethod:
     """Base for methods that fine-tune a (possibly adapted) sequence classifier end to end."""
 
@@ -149,11 +198,14 @@ class SequenceClassifierMethod:
 
     def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
         net, tok = model.net, model.tokenizer
+        ctx = ctx if ctx is not None else {}
         max_length = int(task.meta.get("max_length", 128))
         train, val, test = (encode(tok, s, max_length) for s in (task.train, task.validation, task.test))
         plan = make_plan(len(train), cfg)
         optimizer, scheduler = make_optimizer(net, plan)
-        best = self._train(net, tok, train, val, plan, optimizer, scheduler, meter, ctx)
+        loop = TrainLoop(net, optimizer, scheduler, plan, meter, ctx.get("checkpoint"))
+        ctx["resumed_from_step"] = loop.resume()
+        best = self._train(net, tok, train, val, loop, ctx)
         if cfg.train.get("select_best", True) and best["state"] is not None:
             net.load_state_dict(best["state"], strict=False)
         with meter.phase("eval"):
@@ -169,34 +221,42 @@ class SequenceClassifierMethod:
         )
         return {"metrics": result, "curve": plan.curve}
 
-    def _train(self, net, tok, train, val, plan, optimizer, scheduler, meter, ctx) -> dict:
-        best = {"acc": -1.0, "step": 0, "state": None}
-        running, seen = 0.0, 0
-        progress = tqdm(plan.batches, desc=f"train {self.name}", unit="step", mininterval=5, leave=False)
-        for step, indices in enumerate(progress, start=1):
-            with meter.phase("train"):
-                net.train()
-                loss = train_step(net, collate(tok, train, indices), optimizer, scheduler, plan.grad_clip)
-                loss_value = float(loss)
-                if not math.isfinite(loss_value):
-                    raise Diverged(f"non-finite training loss {loss_value} at step {step} (lr={plan.lr})")
-            if step == 1:
-                meter.count_training_state(net, optimizer)
-            meter.add_train_samples(len(indices))
-            running, seen = running + loss_value, seen + 1
-            if step in plan.evals_at:
-                with meter.phase("eval"):
-                    val_scores = scores(predict(net, tok, val, plan.eval_batch_size), val.labels)
-                point = {"step": step, "train_loss": running / seen, **{f"val_{k}": v for k, v in val_scores.items()}}
-                plan.curve.append(point)
-                if ctx is not None and ctx.get("log_metrics"):
-                    ctx["log_metrics"](point, step)
-                log.info("step %d/%d  loss %.4f  val acc %.4f", step, len(plan.batches), point["train_loss"], val_scores["acc"])
-                running, seen = 0.0, 0
-                if val_scores["acc"] > best["acc"]:
-                    best = {"acc": val_scores["acc"], "step": step, "state": trainable_state(net)}
+    def _train(self, net, tok, train, val, loop: "TrainLoop", ctx) -> dict:
+        plan, meter = loop.plan, loop.meter
+        progress = tqdm(total=len(plan.batches), initial=loop.step, desc=f"train {self.name}", unit="step",
+                        mininterval=5, leave=False)
+        with PreemptionGuard() as guard:
+            for step in range(loop.step + 1, len(plan.batches) + 1):
+                indices = plan.batches[step - 1]
+                with meter.phase("train"):
+                    net.train()
+                    loss = train_step(net, collate(tok, train, indices), loop.optimizer, loop.scheduler, plan.grad_clip)
+                    loss_value = float(loss)
+                    if not math.isfinite(loss_value):
+                        raise Diverged(f"non-finite training loss {loss_value} at step {step} (lr={plan.lr})")
+                if "training_state_bytes" not in meter.values:
+                    meter.count_training_state(net, loop.optimizer)
+                meter.add_train_samples(len(indices))
+                loop.step, loop.running, loop.seen = step, loop.running + loss_value, loop.seen + 1
+                progress.update(1)
+                if step in plan.evals_at:
+                    self._evaluate(net, tok, val, loop, ctx)
+                loop.after_step(guard)
         progress.close()
-        return best
+        return loop.best
+
+    def _evaluate(self, net, tok, val, loop: "TrainLoop", ctx) -> None:
+        plan, step = loop.plan, loop.step
+        with loop.meter.phase("eval"):
+            val_scores = scores(predict(net, tok, val, plan.eval_batch_size), val.labels)
+        point = {"step": step, "train_loss": loop.running / loop.seen, **{f"val_{k}": v for k, v in val_scores.items()}}
+        plan.curve.append(point)
+        if ctx.get("log_metrics"):
+            ctx["log_metrics"](point, step)
+        log.info("step %d/%d  loss %.4f  val acc %.4f", step, len(plan.batches), point["train_loss"], val_scores["acc"])
+        loop.running, loop.seen = 0.0, 0
+        if val_scores["acc"] > loop.best["acc"]:
+            loop.best = {"acc": val_scores["acc"], "step": step, "state": trainable_state(net)}
 
     def _measure_saved(self, net, meter: CostMeter) -> None:
         out = tempfile.mkdtemp(prefix="tunebench-save-")

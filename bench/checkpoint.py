@@ -1,0 +1,115 @@
+"""Checkpoints inside a run, so that a run killed by a timeout or preemption resumes where it was.
+
+On SLURM, the job gets SIGUSR1 before its time limit (sbatch --signal, set by submitit) and on
+`scancel --signal=USR1`; submitit's handler then
+requeues the job (hydra's submitit launcher is checkpointable) and exits. `PreemptionGuard` defers
+that handler to the next step boundary, where the loop saves a consistent checkpoint first. Periodic
+checkpoints (`train.checkpoint_every`) also cover a hard kill. The requeued job runs the same cell
+again (same run id), finds the checkpoint and continues from its step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("tunebench")
+# submitit's preemption signal (its own default is USR2); `tunebench run` sets USR1, SLURM's usual one.
+PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
+
+
+def preempt_signal() -> signal.Signals:
+    return signal.Signals["SIG" + os.environ.get(PREEMPT_SIGNAL_ENV, "USR1")]
+
+
+class RunCheckpoint:
+    """One run's training checkpoint file, written atomically (temp file + rename)."""
+
+    def __init__(self, path: Path, every: int = 0):
+        self.path = Path(path)
+        self.every = int(every)  # save every N steps; 0: only when preempted
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        log.info("checkpoint at step %d -> %s", state.get("step", -1), self.path)
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            # Our own file with optimizer state and RNG tensors: plain containers and tensors only.
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a corrupt checkpoint is not trusted: start from zero
+            log.warning("ignoring unreadable checkpoint %s: %s", self.path, e)
+            return None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:
+            pass
+
+
+def checkpoint_every(cfg) -> int:
+    """`train.checkpoint_every`: 'auto' = at each evaluation under SLURM, else only when preempted."""
+    value = cfg.train.get("checkpoint_every", "auto")
+    if value in (None, "auto"):
+        if not os.environ.get("SLURM_JOB_ID"):
+            return 0
+        steps = cfg.train.get("max_steps") or 0
+        return max(1, int(steps) // max(1, int(cfg.train.evals))) if steps else 50
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"train.checkpoint_every={value!r}: expected 'auto' or a number of steps (0 = never)") from None
+
+
+class PreemptionGuard:
+    """Defers the preemption-signal handler installed by the launcher (submitit's requeue) to a step
+    boundary. Outside a launcher that handles the signal (or off the main thread) it does nothing.
+    """
+
+    def __init__(self):
+        self._signal = preempt_signal()
+        self._previous = None
+        self._pending: tuple | None = None
+
+    def __enter__(self) -> "PreemptionGuard":
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(self._signal)
+            if callable(previous):
+                self._previous = previous
+                signal.signal(self._signal, self._defer)
+        return self
+
+    def _defer(self, signum, frame) -> None:
+        log.warning("%s received: checkpointing at the next step boundary, then requeueing", self._signal.name)
+        self._pending = (signum, frame)
+
+    @property
+    def requested(self) -> bool:
+        return self._pending is not None
+
+    def hand_over(self) -> None:
+        """Run the launcher's handler now (it requeues the job and exits the process)."""
+        pending, self._pending = self._pending, None
+        signal.signal(self._signal, self._previous)
+        self._previous(*pending)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(self._signal, self._previous)
+            if self._pending is not None:
+                # The signal came after the last training step: finishing is quicker than a requeue.
+                log.warning("the preemption signal arrived after training ended; finishing the run instead of requeueing")

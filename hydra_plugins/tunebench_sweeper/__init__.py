@@ -1,0 +1,69 @@
+"""The `tunebench` Hydra sweeper: Hydra's basic sweeper, plus a note of every cell it launches.
+
+Cells whose ok record exists are not launched at all (a re-submitted SLURM sweep queues only the
+unfinished cells; `force=true` launches them anyway). With the notes, `tunebench status` lists
+cells that never wrote a record as `missing`, and the sweep summary counts outcomes from the
+records (right for every launcher). It lives here because Hydra loads plugins only from the
+`hydra_plugins` namespace package.
+"""
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module outside
+# sys.modules, where dataclasses cannot resolve string annotations.
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+
+from tunebench import record as rec
+from tunebench.sweeper import note_cell
+
+
+@dataclass
+class TunebenchSweeperConf:
+    _target_: str = "hydra_plugins.tunebench_sweeper.TunebenchSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None
+
+
+log = logging.getLogger("tunebench")
+ConfigStore.instance().store(group="hydra/sweeper", name="tunebench", node=TunebenchSweeperConf, provider="tunebench")
+
+
+class TunebenchSweeper(BasicSweeper):
+    launched: List[Dict[str, Any]] = []  # this process's cells, in launch order
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+        # BasicSweeper.__init__ calls super(BasicSweeper, self) by module-global name, and Hydra's
+        # plugin scan re-executes that module, so the name no longer means our base: set its fields here.
+        Sweeper.__init__(self)
+        self.overrides, self.batch_index = None, 0
+        self.max_batch_size, self.params = max_batch_size, params or {}
+        self.hydra_context = self.config = self.launcher = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        TunebenchSweeper.launched = []
+        launch = self.launcher.launch
+
+        def note_then_launch(job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+            to_run = [o for i, o in enumerate(job_overrides) if self._note_cell(list(o), initial_job_idx + i)]
+            return launch(to_run, initial_job_idx) if to_run else []
+
+        self.launcher.launch = note_then_launch
+
+    def _note_cell(self, overrides: list[str], job_num: int) -> bool:
+        """Note the cell; False if it needs no job (its ok record exists and force is off)."""
+        from tunebench.runner import semantic_config
+
+        job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        rid = rec.run_id(semantic_config(job_cfg))
+        sweep_dir = Path(job_cfg.paths.runs) / str(job_cfg.sweep)
+        TunebenchSweeper.launched.append(note_cell(sweep_dir, rid, overrides, job_num))
+        if not job_cfg.force and rec.existing_status(sweep_dir, rid) == "ok":
+            log.info("skip %s (%s): ok record exists in %s", rid, " ".join(overrides), sweep_dir)
+            return False
+        return True
