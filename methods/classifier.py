@@ -188,6 +188,7 @@ class SequenceClassifierMethod:
     """Base for methods that fine-tune a (possibly adapted) sequence classifier end to end."""
 
     name = "base"
+    modalities = ("text",)  # tasks it can fine-tune on
 
     def adapt(self, net, cfg):
         """Return the network to train; the base trains every parameter."""

@@ -8,7 +8,7 @@ from tunebench.registry import Registry
 
 from ..task import Task
 
-REFINEMENTS: Registry = Registry("refinement", plugin_modules=("tunebench.datasets.refine.none",))
+REFINEMENTS: Registry = Registry("refinement", plugin_modules=("tunebench.datasets.refine.none", "tunebench.datasets.refine.validated"))
 
 
 @dataclass
