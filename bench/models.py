@@ -45,7 +45,35 @@ def _label_maps(classes: list[str]) -> dict:
 
 
 def build(cfg, task, init: dict | None = None) -> Model:
-    """Build a sequence classifier for `task` from the `model` config group."""
+    """Build a classifier for `task` from the `model` config group."""
+    if task.modality == "image":
+        return _build_image(cfg, task, init)
+    return _build_text(cfg, task, init)
+
+
+def _build_image(cfg, task, init: dict | None) -> Model:
+    from tunebench.image_models import IMAGE_MODELS
+
+    name = str(cfg.name)
+    if name not in IMAGE_MODELS.names():
+        raise ValueError(f"model.name={name!r} is not an image model; data={task.name} is an image task: "
+                         f"use one of {IMAGE_MODELS.names()} (e.g. model=small_cnn)")
+    net = IMAGE_MODELS.get(name)(task.num_classes, int(task.meta.get("channels", 1)))
+    sample = torch.as_tensor(task.train.x[0], dtype=torch.float32)
+    with torch.no_grad():
+        net(sample.reshape(1, -1, *sample.shape[-2:]))  # materialise lazy layers before counting / adapting
+    _load_init(net, init)
+    return Model(net=net, tokenizer=None, source=f"image:{name}", head_prefixes=("head",))
+
+
+def _load_init(net, init: dict | None) -> None:
+    if init is not None:  # e.g. self-supervised encoder weights from a refinement
+        missing, unexpected = net.load_state_dict(init, strict=False)
+        if unexpected:
+            raise ValueError(f"refinement init has weights the model does not: {unexpected[:5]}")
+
+
+def _build_text(cfg, task, init: dict | None) -> Model:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     labels = _label_maps(task.classes)
@@ -58,8 +86,5 @@ def build(cfg, task, init: dict | None = None) -> Model:
         source, local = resolve_source(str(cfg.name))
         net = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local, **labels)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-    if init is not None:  # e.g. self-supervised encoder weights from a refinement
-        missing, unexpected = net.load_state_dict(init, strict=False)
-        if unexpected:
-            raise ValueError(f"refinement init has weights the model does not: {unexpected[:5]}")
+    _load_init(net, init)
     return Model(net=net, tokenizer=tokenizer, source=source)

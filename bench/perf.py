@@ -45,13 +45,13 @@ def _setup(method_name: str, steps: int, batch_size: int, seed: int):
 
 
 def _harness_round(method, model, train, plan, optimizer, scheduler) -> float:
-    from tunebench.methods.classifier import TrainLoop
+    from tunebench.methods.classifier import TextCodec, TrainLoop
 
     meter = CostMeter("cpu").start()
     # As in a local run: a checkpoint that is written only on preemption.
     loop = TrainLoop(model.net, optimizer, scheduler, plan, meter, RunCheckpoint(Path(tempfile.gettempdir()) / "tb-perf.pt", 0))
     start = time.perf_counter()
-    method._train(model.net, model.tokenizer, train, None, loop, {})
+    method._train(model.net, TextCodec(model.tokenizer, 0), train, None, loop, {})
     elapsed = time.perf_counter() - start
     meter.stop()
     return elapsed

@@ -39,10 +39,48 @@ def encode(tokenizer, split, max_length: int) -> Encoded:
     return Encoded(ids, np.asarray(split.y, dtype=np.int64))
 
 
-def collate(tokenizer, data: Encoded, indices) -> dict:
-    batch = tokenizer.pad({"input_ids": [data.input_ids[i] for i in indices]}, return_tensors="pt")
-    batch["labels"] = torch.as_tensor(data.labels[indices])
-    return batch
+@dataclass
+class EncodedImages:
+    pixels: torch.Tensor  # (N, C, H, W) float32
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class TextCodec:
+    """Token ids per example, padded per batch (dynamic padding)."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def encode(self, split) -> Encoded:
+        return encode(self.tokenizer, split, self.max_length)
+
+    def collate(self, data: Encoded, indices) -> dict:
+        batch = self.tokenizer.pad({"input_ids": [data.input_ids[i] for i in indices]}, return_tensors="pt")
+        batch["labels"] = torch.as_tensor(data.labels[indices])
+        return batch
+
+
+class ImageCodec:
+    """Images as one float tensor; (H, W) inputs get a channel axis."""
+
+    def encode(self, split) -> EncodedImages:
+        pixels = torch.as_tensor(np.stack([np.asarray(x, dtype=np.float32) for x in split.x]))
+        if pixels.ndim == 3:
+            pixels = pixels.unsqueeze(1)
+        return EncodedImages(pixels, np.asarray(split.y, dtype=np.int64))
+
+    def collate(self, data: EncodedImages, indices) -> dict:
+        indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return {"pixel_values": data.pixels[indices], "labels": torch.as_tensor(data.labels[indices.numpy()])}
+
+
+def make_codec(model, task):
+    if task.modality == "image":
+        return ImageCodec()
+    return TextCodec(model.tokenizer, int(task.meta.get("max_length", 128)))
 
 
 def batch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[np.ndarray]:
@@ -62,11 +100,11 @@ def eval_steps(total_steps: int, evals: int) -> set[int]:
 
 
 @torch.no_grad()
-def predict(net, tokenizer, data: Encoded, batch_size: int) -> np.ndarray:
+def predict(net, codec, data, batch_size: int) -> np.ndarray:
     net.eval()
     preds = []
     for start in range(0, len(data), batch_size):
-        batch = collate(tokenizer, data, np.arange(start, min(start + batch_size, len(data))))
+        batch = codec.collate(data, np.arange(start, min(start + batch_size, len(data))))
         batch.pop("labels")
         preds.append(net(**batch).logits.argmax(-1).numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
@@ -198,19 +236,18 @@ class SequenceClassifierMethod:
         net.save_pretrained(out_dir)
 
     def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
-        net, tok = model.net, model.tokenizer
+        net, codec = model.net, make_codec(model, task)
         ctx = ctx if ctx is not None else {}
-        max_length = int(task.meta.get("max_length", 128))
-        train, val, test = (encode(tok, s, max_length) for s in (task.train, task.validation, task.test))
+        train, val, test = (codec.encode(s) for s in (task.train, task.validation, task.test))
         plan = make_plan(len(train), cfg)
         optimizer, scheduler = make_optimizer(net, plan)
         loop = TrainLoop(net, optimizer, scheduler, plan, meter, ctx.get("checkpoint"))
         ctx["resumed_from_step"] = loop.resume()
-        best = self._train(net, tok, train, val, loop, ctx)
+        best = self._train(net, codec, train, val, loop, ctx)
         if cfg.train.get("select_best", True) and best["state"] is not None:
             net.load_state_dict(best["state"], strict=False)
         with meter.phase("eval"):
-            test_preds = predict(net, tok, test, plan.eval_batch_size)
+            test_preds = predict(net, codec, test, plan.eval_batch_size)
         self._measure_saved(net, meter)
         result = {f"test_{k}": v for k, v in scores(test_preds, test.labels).items()}
         result.update(
@@ -222,7 +259,7 @@ class SequenceClassifierMethod:
         )
         return {"metrics": result, "curve": plan.curve}
 
-    def _train(self, net, tok, train, val, loop: "TrainLoop", ctx) -> dict:
+    def _train(self, net, codec, train, val, loop: "TrainLoop", ctx) -> dict:
         plan, meter = loop.plan, loop.meter
         progress = tqdm(total=len(plan.batches), initial=loop.step, desc=f"train {self.name}", unit="step",
                         mininterval=5, leave=False)
@@ -231,7 +268,7 @@ class SequenceClassifierMethod:
                 indices = plan.batches[step - 1]
                 with meter.phase("train"):
                     net.train()
-                    loss = train_step(net, collate(tok, train, indices), loop.optimizer, loop.scheduler, plan.grad_clip)
+                    loss = train_step(net, codec.collate(train, indices), loop.optimizer, loop.scheduler, plan.grad_clip)
                     loss_value = float(loss)
                     if not math.isfinite(loss_value):
                         raise Diverged(f"non-finite training loss {loss_value} at step {step} (lr={plan.lr})")
@@ -241,15 +278,15 @@ class SequenceClassifierMethod:
                 loop.step, loop.running, loop.seen = step, loop.running + loss_value, loop.seen + 1
                 progress.update(1)
                 if step in plan.evals_at:
-                    self._evaluate(net, tok, val, loop, ctx)
+                    self._evaluate(net, codec, val, loop, ctx)
                 loop.after_step(guard)
         progress.close()
         return loop.best
 
-    def _evaluate(self, net, tok, val, loop: "TrainLoop", ctx) -> None:
+    def _evaluate(self, net, codec, val, loop: "TrainLoop", ctx) -> None:
         plan, step = loop.plan, loop.step
         with loop.meter.phase("eval"):
-            val_scores = scores(predict(net, tok, val, plan.eval_batch_size), val.labels)
+            val_scores = scores(predict(net, codec, val, plan.eval_batch_size), val.labels)
         point = {"step": step, "train_loss": loop.running / loop.seen, **{f"val_{k}": v for k, v in val_scores.items()}}
         plan.curve.append(point)
         if ctx.get("log_metrics"):

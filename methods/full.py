@@ -6,3 +6,4 @@ from .classifier import SequenceClassifierMethod
 @METHODS.register("full")
 class FullFineTuning(SequenceClassifierMethod):
     name = "full"
+    modalities = ("text", "image")

@@ -15,13 +15,16 @@ class PeftMethod(SequenceClassifierMethod):
 
     def adapt(self, net, cfg):
         # task_type SEQ_CLS makes peft train the new classifier head too (modules_to_save).
+        targets = cfg.get("target_modules")
+        return self.wrap(net, self.peft_config(cfg), list(targets) if targets else None)
+
+    def wrap(self, net, config, targets):
         try:
-            return get_peft_model(net, self.peft_config(cfg))
+            return get_peft_model(net, config)
         except ValueError as e:
-            targets = cfg.get("target_modules")
             raise ValueError(
                 f"method={self.name}: peft could not adapt {type(net).__name__} "
-                f"(method.target_modules={list(targets) if targets else None}); linear modules of this model "
+                f"(target modules {targets}); linear modules of this model "
                 f"are named {linear_module_names(net)}. peft said: {e}"
             ) from e
 

@@ -15,6 +15,7 @@ HEAD = ("classifier",)
 
 class TwoClassTask:
     classes = ["neg", "pos"]
+    modality = "text"
 
 
 def adapted_counts(model_cfg, method: str, **overrides):

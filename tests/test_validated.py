@@ -118,12 +118,3 @@ def test_sweep_cells_share_one_feature_build_and_record_the_refinement(tmp_path,
     assert first["cache_key"] == second["cache_key"]
     assert by_seed[0]["task"]["sizes"]["train"] == first["train_size_after"] <= 64
 
-
-def test_text_methods_refuse_image_tasks_by_name(tmp_path, monkeypatch):
-    from tunebench.runner import run_cell
-
-    from .test_runner import compose_cfg, records
-
-    assert run_cell(compose_cfg(tmp_path, monkeypatch, "data=digits", "method=lora")) == "failed"
-    [record] = records(tmp_path)
-    assert record["error"]["message"] == "method 'lora' fine-tunes text tasks; data=digits has modality 'image'"
