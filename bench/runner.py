@@ -143,9 +143,9 @@ class SweepSummary(Callback):
     outcomes: list[str] = []
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from hydra_plugins.tunebench_sweeper import TunebenchSweeper
+        from tunebench.sweeper import LAUNCHED
 
-        SweepSummary.outcomes = [_outcome(cell) for cell in TunebenchSweeper.launched]
+        SweepSummary.outcomes = [_outcome(cell) for cell in LAUNCHED]
         counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged", "missing")}
         log.info(
             "sweep '%s': %d cells: %s  (records: %s)", config.sweep, len(SweepSummary.outcomes),

@@ -16,6 +16,9 @@ from tunebench import record as rec
 
 log = logging.getLogger("tunebench")
 CELLS_DIR = ".cells"
+# Cells launched by this process's sweep, in order. Kept here, not on the sweeper class: Hydra's
+# plugin scan may re-execute the plugin module, which would make a second class with its own list.
+LAUNCHED: list[dict] = []
 
 
 def launched_cells(sweep_dir: Path) -> dict[str, dict]:

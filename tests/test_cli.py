@@ -55,3 +55,19 @@ def test_python_m_from_the_project_root_still_finds_huggingface_datasets(tmp_pat
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "done" in out.stderr + out.stdout
+
+
+def test_python_m_multirun_from_the_project_root_counts_cells_from_records(tmp_path, tiny_bert_dir):
+    """From the root, Hydra's plugin scan also finds hydra_plugins/ in the working tree; the sweep
+    summary and the exit code must still see every launched cell."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
+    out = subprocess.run(
+        [sys.executable, "-m", "tunebench.run", "-m", "method=lora", "method.name=lora,nosuch",
+         f"model.name={tiny_bert_dir}", *TINY, "sweep=fromroot"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 1, (out.stdout + out.stderr)[-2000:]
+    assert "sweep 'fromroot': 2 cells: 1 ok, 1 failed" in out.stdout + out.stderr

@@ -12,14 +12,14 @@ records (right for every launcher). It lives here because Hydra loads plugins on
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 
 from tunebench import record as rec
-from tunebench.sweeper import note_cell
+from tunebench.sweeper import LAUNCHED, note_cell
 
 
 @dataclass
@@ -34,8 +34,6 @@ ConfigStore.instance().store(group="hydra/sweeper", name="tunebench", node=Tuneb
 
 
 class TunebenchSweeper(BasicSweeper):
-    launched: List[Dict[str, Any]] = []  # this process's cells, in launch order
-
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
         # BasicSweeper.__init__ calls super(BasicSweeper, self) by module-global name, and Hydra's
         # plugin scan re-executes that module, so the name no longer means our base: set its fields here.
@@ -46,7 +44,7 @@ class TunebenchSweeper(BasicSweeper):
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        TunebenchSweeper.launched = []
+        LAUNCHED.clear()
         launch = self.launcher.launch
 
         def note_then_launch(job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
@@ -62,7 +60,7 @@ class TunebenchSweeper(BasicSweeper):
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         rid = rec.run_id(semantic_config(job_cfg))
         sweep_dir = Path(job_cfg.paths.runs) / str(job_cfg.sweep)
-        TunebenchSweeper.launched.append(note_cell(sweep_dir, rid, overrides, job_num))
+        LAUNCHED.append(note_cell(sweep_dir, rid, overrides, job_num))
         if not job_cfg.force and rec.existing_status(sweep_dir, rid) == "ok":
             log.info("skip %s (%s): ok record exists in %s", rid, " ".join(overrides), sweep_dir)
             return False
