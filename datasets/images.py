@@ -2,8 +2,13 @@
 
 - digits: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): tiny, for fast
   tests and for refinements that are natural on images.
+- fashion_mnist: Zalando's Fashion-MNIST (70,000 28x28 grey images, 10 classes) from the Debian
+  package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) or any folder of its idx files.
 """
 from __future__ import annotations
+
+import gzip
+from pathlib import Path
 
 import numpy as np
 
@@ -23,3 +28,36 @@ def digits(cfg) -> Task:
     labels = bunch.target.astype(np.int64)
     meta = {"image_size": [8, 8], "channels": 1, "source": "scikit-learn load_digits"}
     return split_task("digits", images, labels, DIGIT_CLASSES, cfg, meta=meta, modality="image")
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz", "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_HELP = ("install the Debian package (`sudo apt-get install dataset-fashion-mnist`; `make` does it when it "
+                "runs as root) or put the four files {files} from https://github.com/zalandoresearch/fashion-mnist "
+                "in a folder and set data.root to it")
+
+
+def read_idx(path: Path, offset: int) -> np.ndarray:
+    """An idx file (gzipped): images after a 16-byte header, labels after an 8-byte one."""
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
+
+
+@TASKS.register("fashion_mnist")
+def fashion_mnist(cfg) -> Task:
+    root = Path(str(cfg.root))
+    missing = [name for name in FASHION_FILES.values() if not (root / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"Fashion-MNIST: {missing} not found in data.root={root}: "
+                                + FASHION_HELP.format(files=list(FASHION_FILES.values())))
+    images = np.concatenate([read_idx(root / FASHION_FILES[k], 16) for k in ("train_images", "test_images")])
+    labels = np.concatenate([read_idx(root / FASHION_FILES[k], 8) for k in ("train_labels", "test_labels")])
+    images = images.reshape(-1, 28, 28)
+    if len(images) != len(labels):
+        raise ValueError(f"Fashion-MNIST in {root}: {len(images)} images but {len(labels)} labels")
+    pixels = [img.astype(np.float32) / 255.0 for img in images]
+    meta = {"image_size": [28, 28], "channels": 1, "source": f"Fashion-MNIST idx files in {root}"}
+    return split_task("fashion_mnist", pixels, labels.astype(np.int64), FASHION_CLASSES, cfg, meta=meta, modality="image")

