@@ -180,8 +180,17 @@ class TrainLoop:
     def __init__(self, net, optimizer, scheduler, plan: TrainPlan, meter: CostMeter, checkpoint: RunCheckpoint | None):
         self.net, self.optimizer, self.scheduler, self.plan, self.meter = net, optimizer, scheduler, plan, meter
         self.checkpoint = checkpoint
+        # BatchNorm layers whose weights are frozen (PEFT on a CNN) keep their running statistics
+        # frozen too: otherwise training-mode batch statistics drift away from what eval uses.
+        self.frozen_norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                             and not any(p.requires_grad for p in m.parameters())]
         self.step, self.running, self.seen = 0, 0.0, 0
         self.best = {"acc": -1.0, "step": 0, "state": None}
+
+    def train_mode(self) -> None:
+        self.net.train()
+        for norm in self.frozen_norms:
+            norm.eval()
 
     def state(self) -> dict:
         return {
@@ -267,7 +276,7 @@ class SequenceClassifierMethod:
             for step in range(loop.step + 1, len(plan.batches) + 1):
                 indices = plan.batches[step - 1]
                 with meter.phase("train"):
-                    net.train()
+                    loop.train_mode()
                     loss = train_step(net, codec.collate(train, indices), loop.optimizer, loop.scheduler, plan.grad_clip)
                     loss_value = float(loss)
                     if not math.isfinite(loss_value):
