@@ -8,6 +8,20 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 
+def update_with_inputs(h, inputs: list) -> None:
+    """Feed a list of inputs (strings, or same-shaped arrays) into hash `h`, by content."""
+    if inputs and isinstance(inputs[0], np.ndarray):
+        h.update(np.ascontiguousarray(np.stack(inputs)).tobytes())
+    else:
+        h.update(json.dumps(list(inputs), ensure_ascii=False).encode())
+
+
+def inputs_digest(inputs: list) -> str:
+    h = hashlib.sha256()
+    update_with_inputs(h, inputs)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Split:
     x: list  # inputs: strings for text tasks, float32 arrays (H, W) or (C, H, W) in [0, 1] for images
@@ -52,10 +66,7 @@ class Task:
         h = hashlib.sha256(json.dumps([self.name, self.modality, self.classes]).encode())
         for split_name, split in self.splits().items():
             h.update(split_name.encode())
-            if split.x and isinstance(split.x[0], np.ndarray):
-                h.update(np.ascontiguousarray(np.stack(split.x)).tobytes())
-            else:
-                h.update(json.dumps(split.x, ensure_ascii=False).encode())
+            update_with_inputs(h, split.x)
             h.update(np.ascontiguousarray(split.y, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 

@@ -5,8 +5,6 @@ trained to produce). Cached by content hash, so every method and seed of a sweep
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,8 @@ import torch
 
 from tunebench.cache import cached
 from tunebench.registry import Registry
+
+from ..task import inputs_digest
 
 FEATURES: Registry = Registry("feature extractor")
 
@@ -45,21 +45,12 @@ def pixels(inputs: list) -> np.ndarray:
     return np.stack([np.asarray(x, dtype=np.float32).ravel() for x in inputs]) if inputs else np.zeros((0, 0), np.float32)
 
 
-def _content_hash(inputs: list) -> str:
-    h = hashlib.sha256()
-    if inputs and isinstance(inputs[0], np.ndarray):
-        h.update(np.ascontiguousarray(np.stack(inputs)).tobytes())
-    else:
-        h.update(json.dumps(list(inputs), ensure_ascii=False).encode())
-    return h.hexdigest()[:16]
-
-
 def features(inputs: list, modality: str, cache_dir: Path | None) -> tuple[np.ndarray, dict]:
     """Feature matrix for `inputs` and a report of the cache entry used (built or reused)."""
     extract = FEATURES.get(modality)
     if cache_dir is None:
         return extract(inputs), {}
-    content = _content_hash(inputs)
+    content = inputs_digest(inputs)[:16]
     entry = cached(Path(cache_dir), f"features-{modality}", {"extractor": modality, "inputs": content},
                    lambda folder: np.save(folder / "features.npy", extract(inputs)))
     return np.load(entry.path / "features.npy"), entry.report()

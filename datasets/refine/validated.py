@@ -13,15 +13,15 @@ they are, so accuracy stays comparable across refinements.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from . import REFINEMENTS, Refined
+from ..task import inputs_digest
 from .features import features
 
 log = logging.getLogger("tunebench")
@@ -40,15 +40,8 @@ def exact_duplicate_groups(inputs: list) -> list[list[int]]:
     """Groups (of 2+) of positions with identical inputs, first occurrence first."""
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(inputs):
-        key = hashlib.sha256(json.dumps(_canonical(item), ensure_ascii=False).encode()).hexdigest()
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(inputs_digest([item]), []).append(i)
     return [g for g in groups.values() if len(g) > 1]
-
-
-def _canonical(item):
-    if isinstance(item, np.ndarray):
-        return [str(item.dtype), list(item.shape), hashlib.sha256(np.ascontiguousarray(item).tobytes()).hexdigest()]
-    return item
 
 
 def schema_checks(task) -> dict:
@@ -120,7 +113,7 @@ def validated(task, cfg, ctx) -> Refined:
         y = train.y.copy()
         y[label] = issues["predicted"][label]
         keep = np.array([i for i in range(len(train)) if i not in extra], dtype=np.int64)
-        train = type(train)(x=train.x, y=y, labeled=train.labeled).subset(keep)
+        train = replace(train, y=y).subset(keep)
         report.update(relabeled=int(np.sum(y != task.train.y)), removed=len(extra))
     report["train_size_before"], report["train_size_after"] = len(task.train), len(train)
     log.info("validated (%s): %d label issues, %d outliers, %d exact-duplicate copies; train %d -> %d",
