@@ -31,9 +31,11 @@ class RunCheckpoint:
 
     def __init__(self, path: Path, every: int = 0):
         self.path = Path(path)
-        self.every = int(every)  # save every N steps; 0: only when preempted
+        self.every = int(every)  # save every N steps; 0: only when preempted; AT_EVALS: at each evaluation
 
-    def due(self, step: int) -> bool:
+    def due(self, step: int, evaluated: bool) -> bool:
+        if self.every == AT_EVALS:
+            return evaluated
         return self.every > 0 and step % self.every == 0
 
     def save(self, state: dict) -> None:
@@ -61,14 +63,14 @@ class RunCheckpoint:
             pass
 
 
+AT_EVALS = -1
+
+
 def checkpoint_every(cfg) -> int:
     """`train.checkpoint_every`: 'auto' = at each evaluation under SLURM, else only when preempted."""
     value = cfg.train.get("checkpoint_every", "auto")
     if value in (None, "auto"):
-        if not os.environ.get("SLURM_JOB_ID"):
-            return 0
-        steps = cfg.train.get("max_steps") or 0
-        return max(1, int(steps) // max(1, int(cfg.train.evals))) if steps else 50
+        return AT_EVALS if os.environ.get("SLURM_JOB_ID") else 0
     try:
         return max(0, int(value))
     except (TypeError, ValueError):

@@ -227,7 +227,7 @@ class TrainLoop:
         if guard.requested:
             self.checkpoint.save(self.state())
             guard.hand_over()  # submitit requeues the job and exits this process
-        elif self.checkpoint.due(self.step) and self.step < len(self.plan.batches):
+        elif self.checkpoint.due(self.step, self.step in self.plan.evals_at) and self.step < len(self.plan.batches):
             self.checkpoint.save(self.state())
 
 

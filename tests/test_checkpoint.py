@@ -8,7 +8,7 @@ import pytest
 
 import tunebench.methods.classifier as classifier
 from tunebench.cache import cached
-from tunebench.checkpoint import RunCheckpoint, checkpoint_every
+from tunebench.checkpoint import AT_EVALS, RunCheckpoint, checkpoint_every
 from tunebench.runner import run_cell
 
 from .conftest import TINY, run_tunebench
@@ -77,7 +77,11 @@ def test_checkpoint_every_auto_is_on_only_under_slurm(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert checkpoint_every(cfg) == 0
     monkeypatch.setenv("SLURM_JOB_ID", "17")
-    assert checkpoint_every(cfg) == 25
+    assert checkpoint_every(cfg) == AT_EVALS
+    checkpoint = RunCheckpoint(tmp_path / "train.pt", AT_EVALS)
+    assert checkpoint.due(25, evaluated=True) and not checkpoint.due(24, evaluated=False)
+    cfg.train.checkpoint_every = 10
+    assert checkpoint_every(cfg) == 10 and RunCheckpoint(tmp_path / "x.pt", 10).due(30, evaluated=False)
     cfg.train.checkpoint_every = "often"
     with pytest.raises(ValueError, match="train.checkpoint_every='often': expected 'auto' or a number of steps"):
         checkpoint_every(cfg)
