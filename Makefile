@@ -30,16 +30,19 @@ $(STAMP): $(PINS)
 	@echo "[setup] $(VENV) is up to date"
 
 # Offline data that comes from Debian rather than PyPI: installed when missing and possible (root +
-# apt-get); otherwise the task that needs it says how to get it.
-FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# apt-get); otherwise the code that needs it says how to get it. Pairs of <file that proves it>:<package>.
+DEBIAN_ASSETS := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist \
+                 /usr/share/wordnet/data.noun:wordnet-base
 assets:
-	@test -e $(FASHION) || { \
+	@for pair in $(DEBIAN_ASSETS); do \
+	  file=$${pair%%:*}; pkg=$${pair##*:}; test -e $$file && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "[setup] installing dataset-fashion-mnist (Debian)"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || \
-	    echo "[setup] could not install dataset-fashion-mnist; data=fashion_mnist will say how to get it"; \
-	  else echo "[setup] Fashion-MNIST missing (not root): sudo apt-get install dataset-fashion-mnist, or set data.root"; fi; }
+	    echo "[setup] installing $$pkg (Debian)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg >/dev/null 2>&1; } || \
+	    echo "[setup] could not install $$pkg; the task or refinement that needs it will say how to get it"; \
+	  else echo "[setup] $$file missing (not root): sudo apt-get install $$pkg"; fi; \
+	done
 
 # The report and the verdict are written even if a cell failed; the exit code still says so.
 run: $(STAMP)

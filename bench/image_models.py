@@ -52,6 +52,36 @@ def conv_and_linear_names(net: nn.Module, exclude: tuple[str, ...] = ("task_head
             and name.split(".")[0] not in exclude]
 
 
+class PaddingPrompt(nn.Module):
+    """A learnable frame of `width` pixels added to every input image (visual prompting, Bahng et al.
+    2022): the input-space counterpart of prefix tuning for a convolutional backbone."""
+
+    def __init__(self, channels: int, height: int, width_px: int, size: int):
+        super().__init__()
+        mask = torch.ones(channels, height, size, dtype=torch.bool)
+        mask[:, width_px:height - width_px, width_px:size - width_px] = False
+        self.register_buffer("mask", mask, persistent=False)
+        self.prompt = nn.Parameter(torch.zeros(int(mask.sum())))  # only the frame's pixels: honest parameter counts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frame = torch.zeros(self.mask.shape, dtype=x.dtype, device=x.device).masked_scatter(self.mask, self.prompt)
+        return x + frame
+
+
+def add_visual_prompt(net: ImageClassifier, image_shape: tuple[int, ...], width_px: int) -> ImageClassifier:
+    """Freeze the backbone; train only a padding prompt on the input and the task head."""
+    channels, height, size = image_shape
+    if not 0 < 2 * width_px < min(height, size):
+        raise ValueError(f"method.image_prompt_width={width_px}: expected 1..{min(height, size) // 2 - 1} pixels "
+                         f"for {height}x{size} images")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    net.body = nn.Sequential(PaddingPrompt(channels, height, width_px, size), net.body)
+    for p in net.task_head.parameters():
+        p.requires_grad_(True)
+    return net
+
+
 class Preprocess(nn.Module):
     """Resize, repeat grey to RGB and normalise inside the model, so tasks keep plain [0, 1] images."""
 

@@ -60,8 +60,10 @@ def _build_image(cfg, task, init: dict | None) -> Model:
                          f"use one of {IMAGE_MODELS.names()} (e.g. model=small_cnn)")
     net = IMAGE_MODELS.get(name)(task.num_classes, int(task.meta.get("channels", 1)))
     sample = torch.as_tensor(task.train.x[0], dtype=torch.float32)
+    sample = sample.reshape(1, -1, *sample.shape[-2:])
     with torch.no_grad():
-        net(sample.reshape(1, -1, *sample.shape[-2:]))  # materialise lazy layers before counting / adapting
+        net(sample)  # materialise lazy layers before counting / adapting
+    net.input_shape = tuple(sample.shape[1:])  # (C, H, W): what input-space adapters (visual prompts) need
     _load_init(net, init)
     return Model(net=net, tokenizer=None, source=f"image:{name}", head_prefixes=("task_head",))
 

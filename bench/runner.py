@@ -44,9 +44,12 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def cell_of(cfg, task_name: str, refine: str) -> dict:
+def cell_of(cfg, task, refine: str) -> dict:
+    from tunebench.methods.classifier import effective_lr
+
     return {
-        "task": task_name, "refine": refine, "method": str(cfg.method.name), "lr": float(cfg.method.get("lr", 0.0)) * float(cfg.train.get("lr_scale", 1.0)),
+        "task": task.name, "refine": refine, "method": str(cfg.method.name),
+        "lr": effective_lr(cfg, task.modality) if cfg.method.get("lr") is not None else 0.0,
         "seed": int(cfg.seed), "model": str(cfg.model.name),
     }
 
@@ -64,9 +67,9 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
     if task.modality not in method.modalities:
         raise ValueError(f"method '{cfg.method.name}' fine-tunes {'/'.join(method.modalities)} tasks; "
                          f"data={cfg.data.name} has modality '{task.modality}'")
+    record["cell"] = cell_of(cfg, task, chain_name(cfg.refine))  # before refining: a stopped or failed refinement still names its cell
     task, init, record["refinements"] = apply_chain(task, cfg.refine, ctx)
     record["task"] = task.summary()
-    record["cell"] = cell_of(cfg, task.name, chain_name(cfg.refine))
     device = _device(cfg)
     meter = CostMeter(device).start()
     ctx["meter"] = meter
@@ -85,6 +88,7 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
 
 def run_cell(cfg: DictConfig) -> str:
     """Run one cell and write its record; returns the status ('ok', 'failed', 'diverged', 'skipped')."""
+    from tunebench.datasets.refine import AwaitingLabels
     from tunebench.methods import Diverged
 
     _quiet_libraries()
@@ -101,7 +105,7 @@ def run_cell(cfg: DictConfig) -> str:
     logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
     checkpoint = RunCheckpoint(Path(cfg.paths.checkpoints) / str(cfg.sweep) / rid / "train.pt", checkpoint_every(cfg))
     ctx = {"seed": int(cfg.seed), "cache_dir": Path(cfg.paths.cache), "run_id": rid, "log_metrics": logger.log,
-           "checkpoint": checkpoint}
+           "checkpoint": checkpoint, "model_cfg": cfg.model}
     log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
     try:
         _execute(cfg, record, ctx)
@@ -109,6 +113,9 @@ def run_cell(cfg: DictConfig) -> str:
     except Diverged as e:
         record["status"], record["error"] = "diverged", rec.error_info(e)
         log.warning("run %s diverged: %s", rid, e)
+    except AwaitingLabels as e:  # a clean stop, not a failure: the same command resumes once labels are in
+        record["status"], record["error"] = "awaiting_labels", {**rec.error_info(e), "labels_file": str(e.path)}
+        log.warning("run %s stopped: %s", rid, e)
     except Exception as e:
         record["status"], record["error"] = "failed", rec.error_info(e)
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
@@ -146,7 +153,7 @@ class SweepSummary(Callback):
         from tunebench.sweeper import LAUNCHED
 
         SweepSummary.outcomes = [_outcome(cell) for cell in LAUNCHED]
-        counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged", "missing")}
+        counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged", "awaiting_labels", "missing")}
         log.info(
             "sweep '%s': %d cells: %s  (records: %s)", config.sweep, len(SweepSummary.outcomes),
             ", ".join(f"{n} {s}" for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),

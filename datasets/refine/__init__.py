@@ -8,7 +8,26 @@ from tunebench.registry import Registry
 
 from ..task import Task
 
-REFINEMENTS: Registry = Registry("refinement", plugin_modules=("tunebench.datasets.refine.none", "tunebench.datasets.refine.validated"))
+REFINEMENTS: Registry = Registry("refinement", plugin_modules=tuple(
+    f"tunebench.datasets.refine.{name}" for name in ("none", "validated", "synthetic", "augmented", "ssl", "active")))
+
+
+class AwaitingLabels(Exception):
+    """A human oracle must label the queries written to `path` before the run can go on.
+
+    Not a failure: the runner records status `awaiting_labels` and re-running the same command
+    after the labels are filled in resumes from that round."""
+
+    def __init__(self, path, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def refinement_seed(cfg, ctx) -> int:
+    """The seed of a refinement's artefacts: `refine.<name>.seed` if set (default 0 in the YAMLs, so
+    every method and run seed shares one artefact), else the run seed (`seed: null`)."""
+    seed = cfg.get("seed")
+    return int(ctx.get("seed", 0)) if seed is None else int(seed)
 
 
 @dataclass
