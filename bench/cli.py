@@ -12,6 +12,7 @@ commands:
   report SWEEP_DIR        tables (md, csv, tex) and plots from the records of a sweep
   claim SWEEP_DIR         the PEFT-claim verdict per task and refinement, with bootstrap CIs
   status SWEEP_DIR        every cell as ok / failed / diverged, with its error; exit 1 unless all ok
+  artefacts SWEEP_DIR     cached refinement artefacts: built once by which run, reused by how many
   perf                    harness overhead and LoRA/full step-time benchmark
 
 `tunebench <command> --help` gives each command's options.
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv = ["tunebench run", *rest]
         return run.main()
-    handlers = {"report": "tunebench.report", "claim": "tunebench.claim", "status": "tunebench.status", "perf": "tunebench.perf"}
+    handlers = {"report": "tunebench.report", "claim": "tunebench.claim", "status": "tunebench.status", "artefacts": "tunebench.artefacts", "perf": "tunebench.perf"}
     if command not in handlers:
         print(f"tunebench: unknown command {command!r}; commands: run, {', '.join(handlers)}", file=sys.stderr)
         return 2
