@@ -57,7 +57,7 @@ def test_label_filter_keeps_examples_the_real_data_classifier_assigns_to_their_c
 
 def test_generators_and_augmenters_are_checked_against_the_modality():
     task = digits()
-    with pytest.raises(ValueError, match=r"refine.synthetic.generator='smollm2' generates text data; data=digits is a image task"):
+    with pytest.raises(ValueError, match=r"refine.synthetic.generator='smollm2' works on text data; data=digits is an image task"):
         REFINEMENTS.get("synthetic")(task, refine_cfg("synthetic", generator="smollm2"), {"seed": 0})
     with pytest.raises(ValueError, match=r"refine.augmented.augmenter='wordnet' works on text data.*\['sdedit', 'transforms'\]"):
         REFINEMENTS.get("augmented")(task, refine_cfg("augmented", augmenter="wordnet"), {"seed": 0})

@@ -23,6 +23,20 @@ class AwaitingLabels(Exception):
         self.path = path
 
 
+def entry_for_modality(registry: Registry, task: Task, name: str, defaults: dict, key: str) -> str:
+    """Resolve `auto` to the modality's default and check that registry entry `name` (a
+    `(modality, function)` pair) handles the task's modality; `key` names the config key in errors."""
+    if name == "auto":
+        name = defaults.get(task.modality, "")
+    modality, _ = registry.get(name)
+    if modality != task.modality:
+        fitting = [n for n in registry.names() if registry.get(n)[0] == task.modality]
+        article = "an" if task.modality[0] in "aeiou" else "a"
+        raise ValueError(f"{key}={name!r} works on {modality} data; data={task.name} is {article} {task.modality} task "
+                         f"(use one of {fitting})")
+    return name
+
+
 def refinement_seed(cfg, ctx) -> int:
     """The seed of a refinement's artefacts: `refine.<name>.seed` if set (default 0 in the YAMLs, so
     every method and run seed shares one artefact), else the run seed (`seed: null`)."""

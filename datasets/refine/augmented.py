@@ -25,7 +25,7 @@ import torch
 from tunebench.cache import cached
 from tunebench.registry import Registry
 
-from . import REFINEMENTS, Refined, refinement_seed
+from . import REFINEMENTS, Refined, entry_for_modality, refinement_seed
 from ..task import Split
 from .synthetic import concat, knobs, label_filter, load_examples, save_examples, trained_image_generator
 
@@ -93,15 +93,8 @@ AUGMENTERS.register("transforms")(("image", random_transforms))
 
 
 def augmenter_name(task, cfg) -> str:
-    name = str(cfg.get("augmenter") or "auto")
-    if name == "auto":
-        name = DEFAULT_AUGMENTER.get(task.modality, "")
-    modality, _ = AUGMENTERS.get(name)
-    if modality != task.modality:
-        fitting = [n for n in AUGMENTERS.names() if AUGMENTERS.get(n)[0] == task.modality]
-        raise ValueError(f"refine.augmented.augmenter={name!r} works on {modality} data; data={task.name} is a "
-                         f"{task.modality} task (use one of {fitting})")
-    return name
+    return entry_for_modality(AUGMENTERS, task, str(cfg.get("augmenter") or "auto"), DEFAULT_AUGMENTER,
+                              "refine.augmented.augmenter")
 
 
 def source_positions(task, cfg, seed: int) -> np.ndarray:

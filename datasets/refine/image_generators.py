@@ -269,13 +269,32 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@GENERATORS.register("gan")
-class ConditionalGan:
-    kind = "gan"
+class SavedGenerator:
+    """What both generators share: a `kind`, a network built from its saved config, save / load."""
+    kind = ""
 
-    def __init__(self, net: GanGeneratorNet, config: dict):
+    def __init__(self, net: nn.Module, config: dict):
         self.net, self.config = net.eval(), config
         self.image_size = tuple(config["image_size"])
+
+    @staticmethod
+    def build(config: dict) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: Path):
+        config, weights = read_saved(cls.kind, folder)
+        net = cls.build(config)
+        net.load_state_dict(weights)
+        return cls(net, config)
+
+    def save(self, folder: Path) -> None:
+        save_model(folder, self.net, self.config)
+
+
+@GENERATORS.register("gan")
+class ConditionalGan(SavedGenerator):
+    kind = "gan"
 
     @staticmethod
     def build(config: dict) -> GanGeneratorNet:
@@ -310,13 +329,6 @@ class ConditionalGan:
                 bar.set_postfix(d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}")
         return cls(gen, config)
 
-    @classmethod
-    def load(cls, folder: Path) -> "ConditionalGan":
-        config, weights = read_saved(cls.kind, folder)
-        net = cls.build(config)
-        net.load_state_dict(weights)
-        return cls(net, config)
-
     @torch.no_grad()
     def sample(self, labels: np.ndarray, seed: int) -> np.ndarray:
         y = check_labels(labels, self.config["num_classes"])
@@ -324,9 +336,6 @@ class ConditionalGan:
         out = [self.net(z[i:i + SAMPLE_BATCH], y[i:i + SAMPLE_BATCH]) for i in range(0, len(y), SAMPLE_BATCH)]
         return to_image_space(torch.cat(out) if out else torch.zeros(0, 1, self.config["side"], self.config["side"]),
                               self.image_size)
-
-    def save(self, folder: Path) -> None:
-        save_model(folder, self.net, self.config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,12 +427,12 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 @GENERATORS.register("diffusion")
-class ConditionalDiffusion:
+class ConditionalDiffusion(SavedGenerator):
     kind = "diffusion"
 
     def __init__(self, net: UNet, config: dict):
-        self.net, self.config = net.eval(), config
-        self.knobs, self.image_size = config["knobs"], tuple(config["image_size"])
+        super().__init__(net, config)
+        self.knobs = config["knobs"]
         self.alpha_bars = SCHEDULES[self.knobs["schedule"]](self.knobs["timesteps"])
 
     @staticmethod
@@ -468,13 +477,6 @@ class ConditionalDiffusion:
         y = torch.where(drop, torch.full_like(y, num_classes), y)  # "no label" for the guidance's uncond. model
         ab = alpha_bars[t][:, None, None, None]
         return F.mse_loss(net(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t, y), eps)
-
-    @classmethod
-    def load(cls, folder: Path) -> "ConditionalDiffusion":
-        config, weights = read_saved(cls.kind, folder)
-        net = cls.build(config)
-        net.load_state_dict(weights)
-        return cls(net, config)
 
     def guided_eps(self, x: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
         ts = torch.full((len(x),), t, dtype=torch.long)
@@ -529,10 +531,6 @@ class ConditionalDiffusion:
         times = self.schedule(start, steps)
         out = [self.ddim(x[i:i + SAMPLE_BATCH], y[i:i + SAMPLE_BATCH], times) for i in range(0, len(y), SAMPLE_BATCH)]
         return to_image_space(torch.cat(out), self.image_size)
-
-    def save(self, folder: Path) -> None:
-        save_model(folder, self.net, self.config)
-
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points

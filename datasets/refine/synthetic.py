@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from tunebench.cache import cached
 from tunebench.registry import Registry
 
-from . import REFINEMENTS, Refined, refinement_seed
+from . import REFINEMENTS, Refined, entry_for_modality, refinement_seed
 from ..task import Split, inputs_digest
 from .features import features
 from .probe import consistent, fidelity, fit_probe
@@ -39,14 +39,8 @@ SAMPLERS: Registry = Registry("synthetic-data generator")
 
 
 def generator_name(task, cfg) -> str:
-    name = str(cfg.get("generator") or "auto")
-    if name == "auto":
-        name = DEFAULT_GENERATOR.get(task.modality, "")
-    modality, _ = SAMPLERS.get(name)
-    if modality != task.modality:
-        raise ValueError(f"refine.synthetic.generator={name!r} generates {modality} data; data={task.name} is a "
-                         f"{task.modality} task (use one of {[n for n in SAMPLERS.names() if SAMPLERS.get(n)[0] == task.modality]})")
-    return name
+    return entry_for_modality(SAMPLERS, task, str(cfg.get("generator") or "auto"), DEFAULT_GENERATOR,
+                              "refine.synthetic.generator")
 
 
 def per_class_counts(task, ratio: float) -> dict[int, int]:
