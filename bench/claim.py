@@ -1,7 +1,9 @@
 """`tunebench claim SWEEP_DIR`: the PEFT claim as checkable parts, per task and refinement.
 
-For each PEFT arm against full fine-tuning (each arm at its best mean validation lr when an lr grid
-was swept):
+For each PEFT arm against its full-fine-tuning reference (each arm at its best mean validation lr
+when an lr grid was swept). The reference is `full` unless the method's config names another one in
+`method.claim_reference` (continual LoRA: `cl_lora` against the continual full arm `cl_naive`);
+`claim_reference: none` marks an arm that is not a PEFT arm (the continual full-fine-tuning strategies).
   1. accuracy: PEFT - full, paired by seed, bootstrap 95% CI. With per-example test outcomes in the
      records the bootstrap is two-level (seeds, then test examples within a seed, the same examples
      for both arms), so it counts test-set noise as well as seed noise. Non-inferiority against the
@@ -24,6 +26,7 @@ import pandas as pd
 from tunebench.frame import load_frame
 
 REFERENCE = "full"
+NOT_AN_ARM = "none"
 
 
 @dataclass
@@ -110,18 +113,27 @@ def params_part(peft, full, max_ratio: float) -> Part:
     return Part("trainable params (PEFT / full)", ratio, None, None, f"ratio <= {max_ratio:g}", verdict, note)
 
 
+def reference_of(runs: pd.DataFrame) -> str:
+    """The arm a method is compared with: its records' method.claim_reference, else `full`."""
+    named = runs["claim_reference"].dropna() if "claim_reference" in runs else pd.Series(dtype=object)
+    return str(named.iloc[0]) if len(named) else REFERENCE
+
+
 def check(frame: pd.DataFrame, margin: float, params_ratio: float, memory_factor: float, time_factor: float,
           n_boot: int = 2000, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     ok = best_lr_runs(frame[(frame.status == "ok") & frame.test_acc.notna()])
     comparisons = []
     for (task, refine), group in ok.groupby(["task", "refine"], dropna=False):
-        full_runs = group[group.method == REFERENCE].set_index("seed")
-        for method in sorted(set(group.method) - {REFERENCE}):
-            entry = {"task": task, "refine": refine, "peft": method, "reference": REFERENCE}
+        for method in sorted(set(group.method)):
             peft_runs = group[group.method == method].set_index("seed")
+            reference = reference_of(peft_runs)
+            if reference in (method, NOT_AN_ARM):
+                continue
+            entry = {"task": task, "refine": refine, "peft": method, "reference": reference}
+            full_runs = group[group.method == reference].set_index("seed")
             if full_runs.empty:
-                entry["parts"] = [asdict(Part("all", None, None, None, "-", "inconclusive", "no ok full fine-tuning runs"))]
+                entry["parts"] = [asdict(Part("all", None, None, None, "-", "inconclusive", f"no ok {reference} runs (its full-fine-tuning reference)"))]
                 comparisons.append(entry)
                 continue
             seeds = sorted(set(peft_runs.index) & set(full_runs.index))
@@ -145,7 +157,7 @@ def _fmt(value, digits=3) -> str:
 def to_markdown(comparisons: list[dict], margin: float) -> str:
     lines = [f"# PEFT claim check (accuracy margin {margin:g} pt; 95% bootstrap CIs)", ""]
     for c in comparisons:
-        lrs = f" — lr: {c['peft']} {c.get('peft_lr', float('nan')):.1e}, full {c.get('full_lr', float('nan')):.1e}" if "peft_lr" in c else ""
+        lrs = f" — lr: {c['peft']} {c.get('peft_lr', float('nan')):.1e}, {c['reference']} {c.get('full_lr', float('nan')):.1e}" if "peft_lr" in c else ""
         lines += [f"## {c['task']} / refinement {c['refine']}: {c['peft']} vs {c['reference']}{lrs}", ""]
         rows = [
             {"part": p["part"], "estimate": _fmt(p["estimate"]), "95% CI": "-" if p["ci_low"] is None else f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]",
@@ -173,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     comparisons = check(frame, args.margin, args.params_ratio, args.memory_factor, args.time_factor, args.bootstrap)
     if not comparisons:
-        print(f"tunebench claim: no PEFT-vs-{REFERENCE} pair with ok test results in {args.sweep_dir}")
+        print(f"tunebench claim: no PEFT-vs-reference pair (PEFT vs {REFERENCE}, or vs method.claim_reference) with ok test results in {args.sweep_dir}")
         return 2
     text = to_markdown(comparisons, args.margin)
     out = (args.out or args.sweep_dir.parent.parent) / "tables" / args.sweep_dir.name

@@ -9,6 +9,8 @@ from tunebench.record import iter_records
 
 CELL_KEYS = ["task", "refine", "method", "lr", "seed", "model"]
 METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct"]
+# Continual methods' own (methods/continual.py); absent (NaN) for every other method.
+CONTINUAL_KEYS = ["avg_acc", "forgetting", "bwt"]
 COST_KEYS = [
     "params_trainable", "params_trainable_excl_head", "params_total", "trainable_pct", "training_state_bytes",
     "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes",
@@ -26,7 +28,9 @@ def _row(record: dict) -> dict:
         "lr": (config.get("method") or {}).get("lr"), "seed": config.get("seed"), "model": (config.get("model") or {}).get("name"),
     }
     row.update({k: cell.get(k, fallback[k]) for k in CELL_KEYS})
-    row.update({k: metrics.get(k) for k in METRIC_KEYS})
+    row.update({k: metrics.get(k) for k in METRIC_KEYS + CONTINUAL_KEYS})
+    # The arm `tunebench claim` compares this method with (method.claim_reference; None: "full").
+    row["claim_reference"] = (config.get("method") or {}).get("claim_reference")
     row.update({k: cost.get(k) for k in COST_KEYS})
     row["slurm_job_id"] = slurm_job(record.get("env") or {})
     row["error"] = (record.get("error") or {}).get("message")
@@ -45,6 +49,6 @@ def load_frame(sweep_dir: Path) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no run records (*.json) under {sweep_dir}")
     frame = pd.DataFrame(rows)
-    numeric = [k for k in METRIC_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
+    numeric = [k for k in METRIC_KEYS + CONTINUAL_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame

@@ -1,7 +1,8 @@
 """`tunebench report SWEEP_DIR`: comparison tables (Markdown, CSV, LaTeX) and plots from the records.
 
 Rows are (task, refinement, method, lr), with mean +- std over seeds of accuracy and macro-F1 and
-the mean cost columns. Failed / diverged runs are counted, never averaged in.
+the mean cost columns. Failed / diverged runs are counted, never averaged in. When the sweep has
+continual-learning runs, their average accuracy, forgetting and backward transfer (BWT) get columns too.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import GROUP_KEYS, load_frame
+from tunebench.frame import CONTINUAL_KEYS, GROUP_KEYS, load_frame
 
 STAT_COLUMNS = {"test_acc": "acc", "test_macro_f1": "macro_f1"}
+CONTINUAL_COLUMNS = {"avg_acc": "avg acc", "forgetting": "forgetting", "bwt": "BWT"}  # shown when any run has them
 COST_COLUMNS = {
     "params_trainable": "trainable_params", "trainable_pct": "trainable_pct", "peak_memory_mb": "peak_mem_mb",
     "train_seconds": "train_s", "samples_per_second": "samples_per_s", "saved_bytes": "saved_bytes",
@@ -31,9 +33,17 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     for source, name in STAT_COLUMNS.items():
         table[f"{name}_mean"] = ok_groups[source].mean()
         table[f"{name}_std"] = ok_groups[source].std(ddof=1)
+    for source in continual_columns(frame):
+        table[f"{source}_mean"] = ok_groups[source].mean()
+        table[f"{source}_std"] = ok_groups[source].std(ddof=1)
     for source, name in COST_COLUMNS.items():
         table[name] = ok_groups[source].mean()
     return table.reset_index()
+
+
+def continual_columns(frame: pd.DataFrame) -> list[str]:
+    """The continual-learning metrics some run of the sweep has (none for a sweep without continual methods)."""
+    return [k for k in CONTINUAL_KEYS if k in frame and frame[k].notna().any()]
 
 
 def _pm(mean, std, digits: int = 4) -> str:
@@ -48,6 +58,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out["lr"] = out["lr"].map(lambda v: f"{v:.1e}")
     out["acc"] = [_pm(m, s) for m, s in zip(table.acc_mean, table.acc_std)]
     out["macro-F1"] = [_pm(m, s) for m, s in zip(table.macro_f1_mean, table.macro_f1_std)]
+    for source, name in CONTINUAL_COLUMNS.items():
+        if f"{source}_mean" in table:
+            out[name] = [_pm(m, s) for m, s in zip(table[f"{source}_mean"], table[f"{source}_std"])]
     out["trainable"] = table.trainable_params.map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
     out["trainable %"] = table.trainable_pct.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
     out["peak mem MB"] = table.peak_mem_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")

@@ -9,6 +9,7 @@ METHODS: Registry = Registry(
         "tunebench.methods.prefix",
         "tunebench.methods.ia3",
         "tunebench.methods.prompt",
+        "tunebench.methods.continual",
     ),
 )
 
