@@ -33,6 +33,12 @@ class CacheEntry:
         return {"cache_key": self.key, "cache_path": str(self.path), "cache_built": self.built}
 
 
+def stored_report(entry: CacheEntry, stored: dict) -> dict:
+    """A report saved inside an artefact at build time, as seen by this run: the entries it used
+    (`*cache_built`) count as built only if this run built the artefact, not on a cache hit."""
+    return {**{k: (v and entry.built) if k.endswith("cache_built") else v for k, v in stored.items()}, **entry.report()}
+
+
 def key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -140,6 +140,9 @@ def test_diffusion_synthetic_digits_then_sdedit_reuses_the_same_trained_model(tm
     # with the default 1,500 steps: 445 kept, C2ST 0.66, TSTR 0.93; the GAN (defaults): 444, C2ST 0.59, TSTR 0.85.
     assert report["kept"] >= 0.8 * report["generated"], report["kept"]
     assert fid["tstr_accuracy"] >= 0.7 and fid["c2st_accuracy"] < 0.95, fid
+    again = REFINEMENTS.get("synthetic")(task, refine_cfg("synthetic", generator="diffusion", ratio=0.5,
+                                                          diffusion=FAST_DIFFUSION), ctx).report
+    assert again["cache_built"] is False and again["generator_cache_built"] is False  # this run built nothing
     augmented = REFINEMENTS.get("augmented")(task, refine_cfg("augmented", max_examples=100, diffusion=FAST_DIFFUSION), ctx)
     assert augmented.report["augmenter"] == "sdedit" and augmented.report["generator_cache_built"] is False
     assert augmented.report["generator_cache_key"] == report["generator_cache_key"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunebench.cache import cached
+from tunebench.cache import cached, stored_report
 from tunebench.registry import Registry
 
 from . import REFINEMENTS, Refined, entry_for_modality, refinement_seed
@@ -134,7 +134,7 @@ def make_variants(task, cfg, name: str, positions: np.ndarray, seed: int, cache_
     variants = [None] * len(positions)
     for variant, i in zip(kept, usable):
         variants[i] = variant
-    return variants, {**json.loads((entry.path / "report.json").read_text()), **entry.report()}
+    return variants, stored_report(entry, json.loads((entry.path / "report.json").read_text()))
 
 
 @REFINEMENTS.register("augmented")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from tunebench.cache import cached
+from tunebench.cache import cached, stored_report
 from tunebench.registry import Registry
 
 from . import REFINEMENTS, Refined, entry_for_modality, refinement_seed
@@ -132,7 +132,7 @@ def generate(task, cfg, name: str, seed: int, cache_dir: Path | None) -> tuple[l
     key = {"generator": name, "knobs": knobs(cfg, name), "per_class": per_class, "data": task.data_hash(), "seed": seed}
     entry = cached(Path(cache_dir), f"synthetic-{name}", key, build)
     inputs, labels = load_examples(entry.path, task.modality)
-    return inputs, labels, {**json.loads((entry.path / "report.json").read_text()), **entry.report()}
+    return inputs, labels, stored_report(entry, json.loads((entry.path / "report.json").read_text()))
 
 
 def save_examples(folder: Path, inputs: list, labels: np.ndarray, modality: str) -> None:
