@@ -3,7 +3,8 @@
 For each PEFT arm against its full-fine-tuning reference (each arm at its best mean validation lr
 when an lr grid was swept). The reference is `full` unless the method's config names another one in
 `method.claim_reference` (continual LoRA: `cl_lora` against the continual full arm `cl_naive`);
-`claim_reference: none` marks an arm that is not a PEFT arm (the continual full-fine-tuning strategies).
+`claim_reference: none` marks an arm that is not a PEFT arm (the continual full-fine-tuning strategies,
+MAML and the few-shot baselines; few-shot LoRA `fs_lora` is compared with `fs_full`, per N-way K-shot setting).
   1. accuracy: PEFT - full, paired by seed, bootstrap 95% CI. With per-example test outcomes in the
      records the bootstrap is two-level (seeds, then test examples within a seed, the same examples
      for both arms), so it counts test-set noise as well as seed noise. Non-inferiority against the
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import load_frame
+from tunebench.frame import load_frame, setting_keys
 
 REFERENCE = "full"
 NOT_AN_ARM = "none"
@@ -40,11 +41,12 @@ class Part:
     note: str = ""
 
 
-def best_lr_runs(ok: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per (task, refine, method), the lr with the best mean validation accuracy."""
-    means = ok.groupby(["task", "refine", "method", "lr"], dropna=False)["best_val_acc"].mean().reset_index()
-    best = means.loc[means.groupby(["task", "refine", "method"], dropna=False)["best_val_acc"].idxmax()]
-    return ok.merge(best[["task", "refine", "method", "lr"]], on=["task", "refine", "method", "lr"])
+def best_lr_runs(ok: pd.DataFrame, settings: list[str] = ()) -> pd.DataFrame:
+    """Keep, per (task, refine, method[, few-shot setting]), the lr with the best mean validation accuracy."""
+    arm = ["task", "refine", *settings, "method"]
+    means = ok.groupby(arm + ["lr"], dropna=False)["best_val_acc"].mean().reset_index()
+    best = means.loc[means.groupby(arm, dropna=False)["best_val_acc"].idxmax()]
+    return ok.merge(best[arm + ["lr"]], on=arm + ["lr"])
 
 
 def _correct_matrix(series: pd.Series) -> np.ndarray | None:
@@ -122,15 +124,18 @@ def reference_of(runs: pd.DataFrame) -> str:
 def check(frame: pd.DataFrame, margin: float, params_ratio: float, memory_factor: float, time_factor: float,
           n_boot: int = 2000, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    ok = best_lr_runs(frame[(frame.status == "ok") & frame.test_acc.notna()])
+    settings = setting_keys(frame)  # few-shot: N-way K-shot settings are compared separately
+    ok = best_lr_runs(frame[(frame.status == "ok") & frame.test_acc.notna()], settings)
     comparisons = []
-    for (task, refine), group in ok.groupby(["task", "refine"], dropna=False):
+    for key, group in ok.groupby(["task", "refine", *settings], dropna=False):
+        task, refine = key[:2]
         for method in sorted(set(group.method)):
             peft_runs = group[group.method == method].set_index("seed")
             reference = reference_of(peft_runs)
             if reference in (method, NOT_AN_ARM):
                 continue
             entry = {"task": task, "refine": refine, "peft": method, "reference": reference}
+            entry.update({k: int(v) for k, v in zip(settings, key[2:]) if pd.notna(v)})
             full_runs = group[group.method == reference].set_index("seed")
             if full_runs.empty:
                 entry["parts"] = [asdict(Part("all", None, None, None, "-", "inconclusive", f"no ok {reference} runs (its full-fine-tuning reference)"))]
@@ -158,7 +163,8 @@ def to_markdown(comparisons: list[dict], margin: float) -> str:
     lines = [f"# PEFT claim check (accuracy margin {margin:g} pt; 95% bootstrap CIs)", ""]
     for c in comparisons:
         lrs = f" — lr: {c['peft']} {c.get('peft_lr', float('nan')):.1e}, {c['reference']} {c.get('full_lr', float('nan')):.1e}" if "peft_lr" in c else ""
-        lines += [f"## {c['task']} / refinement {c['refine']}: {c['peft']} vs {c['reference']}{lrs}", ""]
+        setting = f" ({c['ways']}-way {c['shots']}-shot)" if "ways" in c and "shots" in c else ""
+        lines += [f"## {c['task']}{setting} / refinement {c['refine']}: {c['peft']} vs {c['reference']}{lrs}", ""]
         rows = [
             {"part": p["part"], "estimate": _fmt(p["estimate"]), "95% CI": "-" if p["ci_low"] is None else f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]",
              "threshold": p["threshold"], "verdict": p["verdict"].upper(), "note": p["note"]}

@@ -11,11 +11,19 @@ CELL_KEYS = ["task", "refine", "method", "lr", "seed", "model"]
 METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct"]
 # Continual methods' own (methods/continual.py); absent (NaN) for every other method.
 CONTINUAL_KEYS = ["avg_acc", "forgetting", "bwt"]
+# Few-shot methods' own (methods/fewshot.py): meta-test accuracy over N-way K-shot tasks and its 95% CI.
+FEWSHOT_KEYS = ["meta_test_acc", "meta_test_ci95_low", "meta_test_ci95_high", "meta_test_tasks", "ways", "shots"]
 COST_KEYS = [
     "params_trainable", "params_trainable_excl_head", "params_total", "trainable_pct", "training_state_bytes",
     "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes",
 ]
 GROUP_KEYS = ["task", "refine", "method", "lr"]
+SETTING_KEYS = ["ways", "shots"]  # few-shot runs: N-way K-shot settings are never averaged together
+
+
+def setting_keys(frame: pd.DataFrame) -> list[str]:
+    """["ways", "shots"] when the sweep has few-shot runs (their rows split by setting), else []."""
+    return [k for k in SETTING_KEYS if k in frame and frame[k].notna().any()]
 
 
 def _row(record: dict) -> dict:
@@ -29,12 +37,21 @@ def _row(record: dict) -> dict:
     }
     row.update({k: cell.get(k, fallback[k]) for k in CELL_KEYS})
     row.update({k: metrics.get(k) for k in METRIC_KEYS + CONTINUAL_KEYS})
+    row.update(fewshot_values(metrics))
     # The arm `tunebench claim` compares this method with (method.claim_reference; None: "full").
     row["claim_reference"] = (config.get("method") or {}).get("claim_reference")
     row.update({k: cost.get(k) for k in COST_KEYS})
     row["slurm_job_id"] = slurm_job(record.get("env") or {})
     row["error"] = (record.get("error") or {}).get("message")
     return row
+
+
+def fewshot_values(metrics: dict) -> dict:
+    """The few-shot columns; the CI [low, high] becomes two numbers."""
+    low, high = (metrics.get("meta_test_ci95") or [None, None])[:2]
+    values = {k: metrics.get(k) for k in FEWSHOT_KEYS}
+    values.update(meta_test_ci95_low=low, meta_test_ci95_high=high)
+    return values
 
 
 def slurm_job(env: dict) -> str | None:
@@ -49,6 +66,6 @@ def load_frame(sweep_dir: Path) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no run records (*.json) under {sweep_dir}")
     frame = pd.DataFrame(rows)
-    numeric = [k for k in METRIC_KEYS + CONTINUAL_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
+    numeric = [k for k in METRIC_KEYS + CONTINUAL_KEYS + FEWSHOT_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame

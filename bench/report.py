@@ -2,7 +2,10 @@
 
 Rows are (task, refinement, method, lr), with mean +- std over seeds of accuracy and macro-F1 and
 the mean cost columns. Failed / diverged runs are counted, never averaged in. When the sweep has
-continual-learning runs, their average accuracy, forgetting and backward transfer (BWT) get columns too.
+continual-learning runs, their average accuracy, forgetting and backward transfer (BWT) get columns too;
+when it has few-shot runs, rows are split by N-way K-shot setting and show the meta-test accuracy
+± its 95% confidence interval over tasks (mean over seeds of the per-run interval half-widths) and the
+number of meta-test tasks.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import CONTINUAL_KEYS, GROUP_KEYS, load_frame
+from tunebench.frame import CONTINUAL_KEYS, GROUP_KEYS, load_frame, setting_keys
 
 STAT_COLUMNS = {"test_acc": "acc", "test_macro_f1": "macro_f1"}
 CONTINUAL_COLUMNS = {"avg_acc": "avg acc", "forgetting": "forgetting", "bwt": "BWT"}  # shown when any run has them
@@ -25,17 +28,23 @@ COST_COLUMNS = {
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, refine, method, lr): seeds, failures, mean / std of scores, mean costs."""
     ok = frame[frame.status == "ok"]
-    groups = frame.groupby(GROUP_KEYS, dropna=False, sort=True)
-    table = pd.DataFrame({"seeds_ok": ok.groupby(GROUP_KEYS, dropna=False).size()})
+    keys = GROUP_KEYS + setting_keys(frame)
+    groups = frame.groupby(keys, dropna=False, sort=True)
+    table = pd.DataFrame({"seeds_ok": ok.groupby(keys, dropna=False).size()})
     table = table.reindex(groups.size().index, fill_value=0)
     table["not_ok"] = groups.size() - table["seeds_ok"]
-    ok_groups = ok.groupby(GROUP_KEYS, dropna=False)
+    ok_groups = ok.groupby(keys, dropna=False)
     for source, name in STAT_COLUMNS.items():
         table[f"{name}_mean"] = ok_groups[source].mean()
         table[f"{name}_std"] = ok_groups[source].std(ddof=1)
     for source in continual_columns(frame):
         table[f"{source}_mean"] = ok_groups[source].mean()
         table[f"{source}_std"] = ok_groups[source].std(ddof=1)
+    if "meta_test_acc" in frame and frame["meta_test_acc"].notna().any():
+        half_width = (ok["meta_test_ci95_high"] - ok["meta_test_ci95_low"]) / 2
+        table["meta_test_acc_mean"] = ok_groups["meta_test_acc"].mean()
+        table["meta_test_ci95_half"] = half_width.groupby([ok[k] for k in keys], dropna=False).mean()
+        table["meta_test_tasks"] = ok_groups["meta_test_tasks"].min()
     for source, name in COST_COLUMNS.items():
         table[name] = ok_groups[source].mean()
     return table.reset_index()
@@ -52,10 +61,18 @@ def _pm(mean, std, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _setting(ways, shots) -> str:
+    return "-" if pd.isna(ways) or pd.isna(shots) else f"{ways:.0f}-way {shots:.0f}-shot"
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable columns for Markdown / LaTeX (the CSV keeps the raw numbers)."""
     out = table[GROUP_KEYS + ["seeds_ok", "not_ok"]].copy()
     out["lr"] = out["lr"].map(lambda v: f"{v:.1e}")
+    if "meta_test_acc_mean" in table:  # few-shot: the setting, then meta-test accuracy ± 95% CI over tasks
+        out.insert(3, "setting", [_setting(w, s) for w, s in zip(table.ways, table.shots)])
+        out["meta-test acc ± 95% CI"] = [_pm(m, h) for m, h in zip(table.meta_test_acc_mean, table.meta_test_ci95_half)]
+        out["tasks"] = table.meta_test_tasks.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
     out["acc"] = [_pm(m, s) for m, s in zip(table.acc_mean, table.acc_std)]
     out["macro-F1"] = [_pm(m, s) for m, s in zip(table.macro_f1_mean, table.macro_f1_std)]
     for source, name in CONTINUAL_COLUMNS.items():

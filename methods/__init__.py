@@ -10,6 +10,7 @@ METHODS: Registry = Registry(
         "tunebench.methods.ia3",
         "tunebench.methods.prompt",
         "tunebench.methods.continual",
+        "tunebench.methods.fewshot",
     ),
 )
 

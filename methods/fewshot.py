@@ -1,0 +1,578 @@
+"""Meta-learning with learn2learn: MAML and first-order MAML against fine-tuning baselines, N-way K-shot.
+
+Tasks come from methods/fewshot_tasks.py (learn2learn TaskDataset on disjoint meta-train / meta-val /
+meta-test classes; digits: 10 digits x 4 rotations = 40 classes). Every method is scored on the same
+meta-test tasks (drawn from the run seed): accuracy on each task's query set, averaged over
+method.test_tasks (>= 600 by default) tasks with a Student-t 95% confidence interval. Registered
+methods (one YAML each, conf/method/<name>.yaml):
+
+  maml        l2l.algorithms.MAML (second order) on the network below; method.fast_lr, adaptation_steps,
+              test_adaptation_steps, meta_batch, iterations, zero_head (the head zeroed after every
+              meta-update: Kao et al. 2022's zeroing trick)
+  fomaml      the same with first_order=True
+  fs_finetune the same network trained conventionally on all meta-train classes (method.pretrain_epochs),
+              then per test task a new N-way head, fine-tuned on the support set with the body
+              (method.finetune=all) or alone (head): method.finetune_lr, finetune_steps
+  fs_probe    logistic regression (method.C) per test task on fixed features: the pretrained text
+              encoder's mean-pooled embeddings, or the pixels on images; no meta-training
+  fs_lora     text only: per test task, a fresh peft LoRA adapter (method.r, alpha, dropout,
+              target_modules) on the pretrained encoder + a cosine head initialised at the support-set
+              class means, trained method.finetune_steps steps on the support set; no meta-training
+  fs_full     the same with every encoder weight trained (the full fine-tuning arm fs_lora is compared with)
+
+The network: on images the run's image model (model=small_cnn: its body, from scratch or a
+refinement's init) with an N-way head; on text a small MLP head (method.hidden) over the frozen,
+mean-pooled, L2-normalised embeddings of the run's text encoder (model=minilm), cached by content.
+
+Knobs shared by all: method.ways, shots, query (query examples per class), test_tasks, val_tasks,
+meta_test_classes, meta_val_classes, class_split_seed, rotations (images; auto = 0/90/180/270),
+method.lr / image_lr (the outer, pre-training or adaptation lr; times train.lr_scale). train.evals
+meta-validations during (meta-)training, train.select_best keeps the best one; train.batch_size is the
+pre-training batch. Records: test_acc = meta_test_acc (mean query accuracy over the meta-test tasks),
+meta_test_ci95 [low, high], meta_test_std, meta_test_tasks, test_macro_f1 (mean per-task macro-F1),
+best_val_acc (meta-validation accuracy), ways, shots, query, chance, test_correct (every query
+prediction, task by task) and `fewshot` (the class split). Cost: `train` time is (meta-)training plus
+the gradient steps on the meta-test support sets; `eval` is meta-validation and the query predictions.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from tunebench.meter import CostMeter
+
+from . import METHODS, Diverged
+from .classifier import batch_order, effective_lr, eval_steps
+from .fewshot_tasks import FewShotTask, TaskSampler, confidence_interval, meta_splits
+
+log = logging.getLogger("tunebench")
+FINETUNE_MODES = ("all", "head")
+# Refinements a method that never reads the training split can still use (an encoder initialisation).
+INIT_ONLY_REFINEMENTS = {"none", "ssl"}
+
+
+class Net(nn.Module):
+    """body -> task_head: the network MAML meta-learns and fs_finetune trains conventionally."""
+
+    def __init__(self, body: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.body, self.task_head = body, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.task_head(self.body(x))
+
+
+def feature_dim(body: nn.Module, sample: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(body(sample[:1]).shape[-1])
+
+
+# -- text inputs --------------------------------------------------------------------------------------
+def text_encoder(model) -> nn.Module:
+    """The transformer under the run's sequence classifier (its new classification head is not used)."""
+    return model.net.base_model
+
+
+def mean_pooled(encoder: nn.Module, batch: dict) -> torch.Tensor:
+    hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+
+
+def token_batch(tokenizer, ids: list[list[int]], device) -> dict:
+    batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
+
+
+@torch.no_grad()
+def embed(model, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    encoder = text_encoder(model).eval()
+    device = next(encoder.parameters()).device
+    ids = tokenize(model.tokenizer, texts, max_length)
+    out = [mean_pooled(encoder, token_batch(model.tokenizer, ids[s:s + batch_size], device)).cpu().numpy()
+           for s in tqdm(range(0, len(ids), batch_size), desc="embed", unit="batch", leave=False, mininterval=5)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+def weights_digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_embeddings(model, texts: list[str], max_length: int, cache_dir: Path | None) -> tuple[torch.Tensor, dict]:
+    """Frozen sentence embeddings of `texts`, cached by (encoder weights, texts, max_length)."""
+    from tunebench.cache import cached
+    from tunebench.datasets.task import inputs_digest
+
+    if cache_dir is None:
+        return torch.as_tensor(embed(model, texts, max_length)), {}
+    key = {"model": str(model.source), "weights": weights_digest(text_encoder(model)), "inputs": inputs_digest(texts)[:16],
+           "max_length": max_length, "pooling": "mean, L2-normalised"}
+    entry = cached(Path(cache_dir), "fewshot-embeddings", key,
+                   lambda folder: np.save(folder / "embeddings.npy", embed(model, texts, max_length)))
+    return torch.as_tensor(np.load(entry.path / "embeddings.npy")), entry.report()
+
+
+# -- scoring --------------------------------------------------------------------------------------------
+def score_tasks(predict, tasks: list[FewShotTask], what: str) -> dict:
+    """Per-task query accuracy and macro-F1 of `predict(task) -> query predictions`."""
+    accs, f1s, correct = [], [], []
+    for task in tqdm(tasks, desc=what, unit="task", leave=False, mininterval=5):
+        preds = np.asarray(predict(task))
+        hits = preds == task.query_y
+        accs.append(float(hits.mean()))
+        f1s.append(float(f1_score(task.query_y, preds, average="macro", zero_division=0)))
+        correct.append("".join("1" if h else "0" for h in hits))
+    return {"accs": np.asarray(accs), "f1s": np.asarray(f1s), "correct": "".join(correct)}
+
+
+class FewShotMethod:
+    """Shared flow: class split and tasks, the method's (meta-)training, then scoring on the meta-test tasks."""
+
+    name = "fewshot"
+    modalities = ("text", "image")
+    meta_trains = True     # reads the meta-train classes (the training split)
+    text_inputs = "embeddings"  # embeddings | tokens
+
+    def __init__(self):
+        # Imported before the runner starts the cost meter (gym, scipy: seconds, tens of MB).
+        import learn2learn  # noqa: F401
+
+    def adapt(self, net, cfg):
+        return net
+
+    # -- the flow ------------------------------------------------------------------------------------
+    def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
+        ctx = ctx if ctx is not None else {}
+        self.model, self.task, self.cfg, self.m, self.meter = model, task, cfg, cfg.method, meter
+        self.ways, self.shots, self.query = self._shape()
+        self._check_refinements(cfg)
+        self.lr = effective_lr(cfg, task.modality) if cfg.method.get("lr") is not None else 0.0
+        self.device = next(model.net.parameters()).device
+        self.splits = meta_splits(task, self.m, self.ways, self.shots + self.query)
+        seed = int(cfg.seed)
+        self.inputs, cache_report = self._inputs(ctx.get("cache_dir"))
+        val_tasks = self._tasks("meta_val", int(self.m.val_tasks), seed * 7919 + 2)
+        test_tasks = self._tasks("meta_test", int(self.m.test_tasks), seed * 7919 + 1)
+        self.prepare()
+        curve, best_val = self.fit(val_tasks)
+        test = self._eval_time(lambda: score_tasks(lambda t: self.predict(t, "meta_test"), test_tasks,
+                                                   f"meta-test {self.name}"))
+        if best_val is None:  # no meta-validation during training: score the val tasks like the test ones
+            best_val = self._eval_time(lambda: self._val_acc(val_tasks))
+        self._measure_saved()
+        ctx["resumed_from_step"] = 0  # no in-run checkpoints: a preempted few-shot run starts over
+        return {"metrics": self._metrics(test, best_val, test_tasks, cache_report), "curve": curve}
+
+    def _eval_time(self, work):
+        """Run `work()` as eval time, less the meta-test support-set adaptation inside it (train time)."""
+        train_before, start = self.meter.times["train"], time.perf_counter()
+        try:
+            return work()
+        finally:
+            self.meter.times["eval"] += time.perf_counter() - start - (self.meter.times["train"] - train_before)
+
+    def _adapting(self, split: str):
+        """Gradient steps on a support set: train time on meta-test tasks (inside _eval_time), eval time on meta-val."""
+        return self.meter.phase("train") if split == "meta_test" else contextlib.nullcontext()
+
+    def _shape(self) -> tuple[int, int, int]:
+        ways, shots, query = int(self.m.ways), int(self.m.shots), int(self.m.query)
+        for key, value, low in (("ways", ways, 2), ("shots", shots, 1), ("query", query, 1)):
+            if value < low:
+                raise ValueError(f"method.{key}={value}: expected at least {low}")
+        if int(self.m.test_tasks) < 1:
+            raise ValueError(f"method.test_tasks={self.m.test_tasks}: expected at least 1")
+        return ways, shots, query
+
+    def _check_refinements(self, cfg) -> None:
+        from tunebench.datasets.refine import chain_name
+
+        names = set(chain_name(cfg.refine).split("+"))
+        if not self.meta_trains and not names <= INIT_ONLY_REFINEMENTS:
+            raise ValueError(
+                f"method={self.name} adapts on each meta-test task's support set only and never reads the training "
+                f"split, so refine={chain_name(cfg.refine)} would change nothing; use it with maml / fomaml / "
+                f"fs_finetune (which meta-train on the training split), or run {self.name} with refine=none")
+
+    def _tasks(self, split: str, n: int, seed: int) -> list[FewShotTask]:
+        meta = self.splits[split]
+        if not meta.classes or n <= 0:
+            return []
+        return TaskSampler(meta, self.ways, self.shots, self.query).sample_many(n, seed)
+
+    def _inputs(self, cache_dir) -> tuple[dict, dict]:
+        """Per meta split, what the method's network reads: pixels, frozen embeddings or token ids."""
+        if self.task.modality == "image":
+            return {name: s.inputs.to(self.device) for name, s in self.splits.items()}, {}
+        max_length = int(self.task.meta.get("max_length", 128))
+        if self.text_inputs == "tokens":
+            return {name: tokenize(self.model.tokenizer, s.inputs, max_length) for name, s in self.splits.items()}, {}
+        texts = [x for name in ("meta_train", "meta_val", "meta_test") for x in self.splits[name].inputs]
+        vectors, report = cached_embeddings(self.model, texts, max_length, cache_dir)
+        out, start = {}, 0
+        for name in ("meta_train", "meta_val", "meta_test"):
+            out[name] = vectors[start:start + len(self.splits[name])].to(self.device)
+            start += len(self.splits[name])
+        return out, report
+
+    def _val_acc(self, val_tasks) -> float | None:
+        if not val_tasks:
+            return None
+        return float(score_tasks(lambda t: self.predict(t, "meta_val"), val_tasks, "meta-val")["accs"].mean())
+
+    def _metrics(self, test: dict, best_val, test_tasks, cache_report) -> dict:
+        accs = test["accs"]
+        low, high = confidence_interval(accs)
+        mean = float(accs.mean())
+        chance = 1.0 / self.ways
+        return {
+            "test_acc": mean, "test_macro_f1": float(test["f1s"].mean()),
+            "best_val_acc": mean if best_val is None else float(best_val),
+            "test_correct": test["correct"], "majority_baseline_test_acc": chance,
+            "meta_test_acc": mean, "meta_test_ci95": [low, high], "meta_test_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+            "meta_test_tasks": len(accs), "ways": self.ways, "shots": self.shots, "query": self.query, "chance": chance,
+            "above_chance": bool(low > chance),
+            "fewshot": {
+                "method": self.name, "meta_trains": self.meta_trains, "val_tasks": int(self.m.val_tasks),
+                **{f"{name}_classes": s.class_names for name, s in self.splits.items()},
+                **{f"{name}_examples": len(s) for name, s in self.splits.items()},
+                "dropped_classes": {name: s.dropped for name, s in self.splits.items() if s.dropped},
+                "embedding_cache": cache_report,
+            },
+        }
+
+    # -- what each method does -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Build what the method trains; count its parameters."""
+
+    def fit(self, val_tasks) -> tuple[list[dict], float | None]:
+        """(Meta-)training on the meta-train classes; returns the curve and the best meta-val accuracy (None: none)."""
+        return [], None
+
+    def predict(self, task: FewShotTask, split: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def saved_state(self) -> dict:
+        return {}
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _count(self, parts: dict) -> None:
+        self.meter.count_params(nn.ModuleDict(parts), ("task_head", "head"))
+
+    def _measure_saved(self) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.saved_state().items()}
+        if not state:
+            return
+        out = tempfile.mkdtemp(prefix="tunebench-save-")
+        try:
+            save_file(state, str(Path(out) / "model.safetensors"))
+            self.meter.count_saved(out)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    def _body(self) -> tuple[nn.Module, int]:
+        """The network body: the run's image model without its head, or an MLP over frozen embeddings."""
+        if self.task.modality == "image":
+            body = self.model.net.body
+            return body, feature_dim(body, self.inputs["meta_train"][:1])
+        dim, hidden = self.inputs["meta_train"].shape[1], int(self.m.hidden)
+        return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU()).to(self.device), hidden
+
+    def _frozen_encoder(self) -> dict:
+        """The frozen text encoder that made the embeddings, for honest parameter totals."""
+        if self.task.modality != "text":
+            return {}
+        encoder = text_encoder(self.model)
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        return {"encoder": encoder}
+
+    def _fit_with_evals(self, steps: int, step_fn, val_tasks, net: nn.Module) -> tuple[list[dict], float | None]:
+        """Run `step_fn(step) -> (loss, n_samples)` `steps` times with train.evals meta-validations (best kept)."""
+        t = self.cfg.train
+        evals_at = eval_steps(steps, int(t.evals)) if val_tasks else set()
+        curve, best, best_state, losses = [], None, None, []
+        for step in tqdm(range(1, steps + 1), desc=f"train {self.name}", unit="step", leave=False, mininterval=5):
+            with self.meter.phase("train"):
+                net.train()
+                loss, n = step_fn(step)
+            if not math.isfinite(loss):
+                raise Diverged(f"non-finite training loss {loss} at step {step} (lr={self.lr})")
+            losses.append(loss)
+            self.meter.add_train_samples(n)
+            if step in evals_at:
+                val = self._eval_time(lambda: self._val_acc(val_tasks))
+                curve.append({"step": step, "train_loss": float(np.mean(losses)), "val_acc": val})
+                log.info("step %d/%d  loss %.4f  meta-val acc %.4f", step, steps, curve[-1]["train_loss"], val)
+                losses = []
+                if best is None or val > best:
+                    best, best_state = val, copy.deepcopy(net.state_dict())
+        if t.get("select_best", True) and best_state is not None:
+            net.load_state_dict(best_state)
+        return curve, best
+
+
+class MAMLMethod(FewShotMethod):
+    """MAML / first-order MAML (learn2learn) over the network body + an N-way head."""
+
+    name = "maml"
+
+    def prepare(self) -> None:
+        import learn2learn as l2l
+
+        body, dim = self._body()
+        self.net = Net(body, nn.Linear(dim, self.ways)).to(self.device)
+        self.zero_head = bool(self.m.get("zero_head", False))
+        self._zero_head()
+        self.maml = l2l.algorithms.MAML(self.net, lr=float(self.m.fast_lr), first_order=bool(self.m.first_order))
+        self._count({"net": self.net, **self._frozen_encoder()})
+
+    def _zero_head(self) -> None:
+        """The zeroing trick (Kao et al. 2022): every task starts from a zero head that the inner loop learns,
+        so the outer loop cannot settle on label-agnostic outputs (first-order MAML otherwise collapses here)."""
+        if self.zero_head:
+            with torch.no_grad():
+                self.net.task_head.weight.zero_()
+                self.net.task_head.bias.zero_()
+
+    def _adapt(self, learner, x, y, steps: int) -> None:
+        for _ in range(steps):
+            learner.adapt(F.cross_entropy(learner(x), y))
+
+    def fit(self, val_tasks):
+        m, x = self.m, self.inputs["meta_train"]
+        sampler = TaskSampler(self.splits["meta_train"], self.ways, self.shots, self.query)
+        optimizer = torch.optim.Adam(self.maml.parameters(), lr=self.lr)
+        batch, steps = int(m.meta_batch), int(m.adaptation_steps)
+
+        def step(_):
+            optimizer.zero_grad(set_to_none=True)
+            total, n = 0.0, 0
+            for _ in range(batch):
+                task = sampler.sample()
+                learner = self.maml.clone()
+                ys, yq = (torch.as_tensor(v, device=self.device) for v in (task.support_y, task.query_y))
+                self._adapt(learner, x[task.support], ys, steps)
+                loss = F.cross_entropy(learner(x[task.query]), yq)
+                (loss / batch).backward()
+                total += loss.item()
+                n += len(task.support) * steps + len(task.query)
+            if self.cfg.train.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(self.maml.parameters(), float(self.cfg.train.grad_clip))
+            optimizer.step()
+            self._zero_head()
+            if "training_state_bytes" not in self.meter.values:
+                self.meter.count_training_state(self.net, optimizer)
+            return total / batch, n
+
+        return self._fit_with_evals(int(m.iterations), step, val_tasks, self.net)
+
+    def predict(self, task, split):
+        x = self.inputs[split]
+        learner = self.maml.clone(first_order=True)  # no second-order graph when only predicting
+        ys = torch.as_tensor(task.support_y, device=self.device)
+        with self._adapting(split), torch.enable_grad():
+            learner.train()
+            self._adapt(learner, x[task.support], ys, int(self.m.test_adaptation_steps))
+        if split == "meta_test":
+            self.meter.add_train_samples(len(task.support) * int(self.m.test_adaptation_steps))
+        with torch.no_grad():
+            learner.eval()
+            return learner(x[task.query]).argmax(-1).cpu().numpy()
+
+    def saved_state(self):
+        return self.net.state_dict()
+
+
+class FinetuneMethod(FewShotMethod):
+    """The same network trained conventionally on all meta-train classes, then fine-tuned per task."""
+
+    name = "fs_finetune"
+
+    def prepare(self) -> None:
+        mode = str(self.m.finetune)
+        if mode not in FINETUNE_MODES:
+            raise ValueError(f"method.finetune={mode!r}: expected one of {', '.join(FINETUNE_MODES)}")
+        body, self.dim = self._body()
+        classes = self.splits["meta_train"].classes
+        self.net = Net(body, nn.Linear(self.dim, len(classes))).to(self.device)
+        index = {c: i for i, c in enumerate(classes)}
+        self.train_y = torch.as_tensor([index[int(c)] for c in self.splits["meta_train"].labels], device=self.device)
+        self._count({"net": self.net, **self._frozen_encoder()})
+
+    def fit(self, val_tasks):
+        x, t = self.inputs["meta_train"], self.cfg.train
+        batches = batch_order(len(x), int(t.batch_size), int(self.m.pretrain_epochs), int(self.cfg.seed))
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=float(self.m.get("weight_decay", 0.0)))
+
+        def step(k):
+            idx = torch.as_tensor(batches[k - 1], device=self.device)
+            loss = F.cross_entropy(self.net(x[idx]), self.train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), float(t.grad_clip))
+            optimizer.step()
+            if "training_state_bytes" not in self.meter.values:
+                self.meter.count_training_state(self.net, optimizer)
+            return loss.item(), len(idx)
+
+        return self._fit_with_evals(len(batches), step, val_tasks, self.net)
+
+    def predict(self, task, split):
+        x, steps = self.inputs[split], int(self.m.finetune_steps)
+        ys = torch.as_tensor(task.support_y, device=self.device)
+        head = nn.Linear(self.dim, self.ways).to(self.device)
+        nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+        with self._adapting(split):
+            if str(self.m.finetune) == "all":
+                net = Net(copy.deepcopy(self.net.body), head).train()
+                xs, xq = x[task.support], x[task.query]
+            else:  # head only: the body's features, computed once
+                net = head
+                with torch.no_grad():
+                    self.net.eval()
+                    xs, xq = self.net.body(x[task.support]), self.net.body(x[task.query])
+            optimizer = torch.optim.Adam(net.parameters(), lr=float(self.m.finetune_lr))
+            for _ in range(steps):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(net(xs), ys).backward()
+                optimizer.step()
+        if split == "meta_test":
+            self.meter.add_train_samples(len(task.support) * steps)
+        with torch.no_grad():
+            net.eval()
+            return net(xq).argmax(-1).cpu().numpy()
+
+    def saved_state(self):
+        return self.net.state_dict()
+
+
+class ProbeMethod(FewShotMethod):
+    """Logistic regression per task on fixed features (text: frozen encoder embeddings; images: pixels)."""
+
+    name = "fs_probe"
+    meta_trains = False
+
+    def prepare(self) -> None:
+        self.features = {name: v.reshape(len(v), -1).cpu().numpy() for name, v in self.inputs.items()}
+        self.dim = self.features["meta_test"].shape[1]
+        self._count({"head": nn.Linear(self.dim, self.ways), **self._frozen_encoder()})  # the probe's weights
+
+    def predict(self, task, split):
+        from sklearn.linear_model import LogisticRegression
+
+        x = self.features[split]
+        with self._adapting(split):
+            probe = LogisticRegression(C=float(self.m.C), max_iter=1000).fit(x[task.support], task.support_y)
+        if split == "meta_test":
+            self.meter.add_train_samples(len(task.support))
+        return probe.predict(x[task.query])
+
+    def saved_state(self):
+        return nn.Linear(self.dim, self.ways).state_dict()
+
+
+class EncoderMethod(FewShotMethod):
+    """Per test task: fine-tune the pretrained text encoder (LoRA adapter or every weight) + a cosine head."""
+
+    name = "fs_full"
+    modalities = ("text",)
+    meta_trains = False
+    text_inputs = "tokens"
+    adapter = "none"
+
+    def prepare(self) -> None:
+        self.encoder = text_encoder(self.model)
+        if self.adapter == "lora":
+            self.encoder = self._lora(self.encoder)
+        self.trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+        self.initial = {k: v.detach().clone() for k, v in self.encoder.named_parameters() if v.requires_grad}
+        dim = int(self.encoder.config.hidden_size)
+        self.head = nn.Linear(dim, self.ways, bias=False).to(self.device)
+        self._count({"encoder": self.encoder, "head": self.head})
+
+    def _lora(self, encoder):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=int(self.m.r), lora_alpha=int(self.m.alpha), lora_dropout=float(self.m.dropout),
+                            target_modules=list(self.m.target_modules))
+        return get_peft_model(encoder, config)
+
+    def _reset(self) -> None:
+        with torch.no_grad():
+            for name, p in self.encoder.named_parameters():
+                if name in self.initial:
+                    p.copy_(self.initial[name])
+
+    def predict(self, task, split):
+        ids, tokenizer, steps = self.inputs[split], self.model.tokenizer, int(self.m.finetune_steps)
+        support = token_batch(tokenizer, [ids[i] for i in task.support], self.device)
+        query = token_batch(tokenizer, [ids[i] for i in task.query], self.device)
+        ys = torch.as_tensor(task.support_y, device=self.device)
+        scale = float(self.m.logit_scale)
+        with self._adapting(split):
+            self._reset()
+            with torch.no_grad():  # the head starts as the nearest-class-mean classifier of the support set
+                self.encoder.eval()
+                emb = mean_pooled(self.encoder, support)
+                self.head.weight.copy_(torch.stack([emb[ys == c].mean(0) for c in range(self.ways)]))
+            optimizer = torch.optim.AdamW(self.trainable + list(self.head.parameters()), lr=self.lr,
+                                          weight_decay=float(self.m.get("weight_decay", 0.0)))
+            self.encoder.train()
+            for _ in range(steps):
+                loss = F.cross_entropy(scale * self.head(mean_pooled(self.encoder, support)), ys)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not math.isfinite(loss.item()):
+                    raise Diverged(f"non-finite support-set loss {loss.item()} (lr={self.lr})")
+                optimizer.step()
+                if "training_state_bytes" not in self.meter.values:
+                    self.meter.count_training_state(nn.ModuleDict({"e": self.encoder, "h": self.head}), optimizer)
+        if split == "meta_test":
+            self.meter.add_train_samples(len(task.support) * steps)
+        with torch.no_grad():
+            self.encoder.eval()
+            return (self.head(mean_pooled(self.encoder, query))).argmax(-1).cpu().numpy()
+
+    def saved_state(self):
+        # What one task's adaptation writes: the trained encoder weights (LoRA: the adapter) and the head.
+        state = {f"encoder.{k}": v for k, v in self.encoder.named_parameters() if v.requires_grad}
+        return {**state, "head.weight": self.head.weight}
+
+
+class LoRAEncoderMethod(EncoderMethod):
+    name = "fs_lora"
+    adapter = "lora"
+
+
+METHODS.register("maml")(MAMLMethod)
+METHODS.register("fomaml")(type("FOMAMLMethod", (MAMLMethod,), {"name": "fomaml"}))
+METHODS.register("fs_finetune")(FinetuneMethod)
+METHODS.register("fs_probe")(ProbeMethod)
+METHODS.register("fs_full")(EncoderMethod)
+METHODS.register("fs_lora")(LoRAEncoderMethod)
