@@ -61,3 +61,27 @@ def test_ssl_weights_initialise_the_model_the_method_trains(tmp_path, monkeypatc
     assert ssl["steps"] == 20 and len(ssl["loss_curve"]) == 2 and ssl["cache_built"] is True
     assert ssl["initialised_tensors"] == 6  # two convs and the hidden linear layer (weights + biases), no head
     assert record["metrics"]["test_acc"] > 0.1
+
+
+def test_a_refinement_leaves_the_runs_random_streams_alone_whether_it_builds_or_loads(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+
+    from tunebench.datasets.refine import apply_chain
+    from tunebench.seeding import seed_everything
+
+    task = digits_task()
+    # On a miss, synthetic trains a generator and builds a network to load it into (torch's init
+    # draws from the global stream); on a hit it only reads the cached samples.
+    refine = OmegaConf.create({"synthetic": {"name": "synthetic", "generator": "diffusion", "ratio": 0.05,
+                                             "diffusion": {"steps": 20, "sample_steps": 2}}})
+    draws = []
+    for _ in range(2):  # the first call builds the artefact, the second loads it
+        seed_everything(0)
+        apply_chain(task, refine, {"seed": 0, "cache_dir": tmp_path / "cache"})
+        draws.append((torch.rand(3).tolist(), np.random.rand(), random.random()))
+    seed_everything(0)
+    assert draws[0] == draws[1] == (torch.rand(3).tolist(), np.random.rand(), random.random())

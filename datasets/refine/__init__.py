@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunebench.registry import Registry
+from tunebench.seeding import isolated_rng
 
 from ..task import Task
 
@@ -58,7 +59,8 @@ def apply_chain(task: Task, refine_cfg, ctx) -> tuple[Task, Any, list[dict]]:
         name = cfg.get("name", key)
         if name == "none":
             continue
-        refined = REFINEMENTS.get(name)(task, cfg, ctx)
+        with isolated_rng():  # same model init and data order whether artefacts are built or loaded
+            refined = REFINEMENTS.get(name)(task, cfg, ctx)
         task, init = refined.task, refined.init if refined.init is not None else init
         reports.append({"name": name, **refined.report})
     return task, init, reports
