@@ -18,6 +18,12 @@ from ..task import inputs_digest
 FEATURES: Registry = Registry("feature extractor")
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over the real (unpadded) tokens: the sentence embedding MiniLM was trained for."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 @FEATURES.register("text")
 def minilm_embeddings(inputs: list, batch_size: int = 128) -> np.ndarray:
     from transformers import AutoModel, AutoTokenizer
@@ -32,9 +38,7 @@ def minilm_embeddings(inputs: list, batch_size: int = 128) -> np.ndarray:
         for start in range(0, len(inputs), batch_size):
             batch = tokenizer(list(inputs[start:start + batch_size]), padding=True, truncation=True,
                               max_length=128, return_tensors="pt")
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
             out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
 

@@ -43,6 +43,7 @@ from tunebench.cache import cached
 
 from . import REFINEMENTS, Refined, refinement_seed
 from ..task import inputs_digest
+from .features import mean_pool
 
 log = logging.getLogger("tunebench")
 
@@ -231,8 +232,7 @@ def sentence_embedding(encoder: nn.Module, batch: dict, pooling: str) -> torch.T
     hidden = encoder(**batch).last_hidden_state
     if pooling == "cls":
         return hidden[:, 0]
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return mean_pool(hidden, batch["attention_mask"])
 
 
 def simcse_pretrain(encoder: nn.Module, tokenizer, texts: list[str], s: dict, generator: torch.Generator) -> list[float]:
