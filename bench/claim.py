@@ -7,7 +7,8 @@ when an lr grid was swept). The reference is `full` unless the method's config n
 MAML and the few-shot baselines; few-shot LoRA `fs_lora` is compared with `fs_full`, per N-way K-shot setting).
   1. accuracy: PEFT - full, paired by seed, bootstrap 95% CI. With per-example test outcomes in the
      records the bootstrap is two-level (seeds, then test examples within a seed, the same examples
-     for both arms), so it counts test-set noise as well as seed noise. Non-inferiority against the
+     for both arms; few-shot: then meta-test tasks, whose query predictions are resampled together),
+     so it counts test-set noise as well as seed noise. Non-inferiority against the
      margin: supported if the CI's lower end is above -margin, refuted if its upper end is below
      -margin, otherwise inconclusive. Fewer than 2 paired seeds: inconclusive.
   2. trainable parameters <= `--params-ratio` (1%) of full.
@@ -56,25 +57,45 @@ def _correct_matrix(series: pd.Series) -> np.ndarray | None:
     return np.array([[c == "1" for c in s] for s in strings], dtype=np.float32)
 
 
+def _resampling_units(per_example: np.ndarray, tasks) -> tuple[np.ndarray, str]:
+    """Columns the bootstrap resamples: test examples, or few-shot tasks (query predictions within a task
+    share its support set, so they are not independent: resampling them one by one would understate
+    the noise). Tasks have equal query sets, so the mean over task means is the mean over examples."""
+    n = per_example.shape[1]
+    tasks = int(tasks) if tasks is not None and np.isfinite(tasks) and tasks > 0 else 0
+    if tasks and n % tasks == 0 and n > tasks:
+        return per_example.reshape(per_example.shape[0], tasks, n // tasks).mean(axis=2), f"{tasks} meta-test tasks"
+    return per_example, f"{n} test examples"
+
+
+def _task_counts(runs: pd.DataFrame):
+    if "meta_test_tasks" not in runs:
+        return None
+    counts = set(runs["meta_test_tasks"].dropna())
+    return counts.pop() if len(counts) == 1 else None
+
+
 def bootstrap_accuracy_diff(peft: pd.DataFrame, full: pd.DataFrame, n_boot: int, rng) -> tuple[float, float, float, str]:
     """Mean over paired seeds of acc(PEFT) - acc(full), and its percentile 95% CI."""
     diff = peft["test_acc"].to_numpy() - full["test_acc"].to_numpy()
     a, b = _correct_matrix(peft["test_correct"]), _correct_matrix(full["test_correct"])
     seeds = len(diff)
-    if a is None or b is None or a.shape != b.shape:
+    tasks = _task_counts(peft)
+    if a is None or b is None or a.shape != b.shape or tasks != _task_counts(full):
         idx = rng.integers(0, seeds, (n_boot, seeds))
         stats = diff[idx].mean(axis=1)
         how = "bootstrap over seeds"
     else:
-        per_example = a - b  # [seeds, examples], paired by seed and by test example
-        n = per_example.shape[1]
+        # [seeds, units], paired by seed and by test example (or few-shot task: the same tasks for both arms)
+        per_unit, units = _resampling_units(a - b, tasks)
+        n = per_unit.shape[1]
         stats = np.empty(n_boot)
         for start in range(0, n_boot, 250):  # chunks keep the index array small
             k = min(250, n_boot - start)
             seed_idx = rng.integers(0, seeds, (k, seeds))
-            example_idx = rng.integers(0, n, (k, seeds, n))
-            stats[start : start + k] = per_example[seed_idx[..., None], example_idx].mean(axis=(1, 2))
-        how = f"two-level bootstrap (seeds, then {n} test examples)"
+            unit_idx = rng.integers(0, n, (k, seeds, n))
+            stats[start : start + k] = per_unit[seed_idx[..., None], unit_idx].mean(axis=(1, 2))
+        how = f"two-level bootstrap (seeds, then {units})"
     low, high = np.percentile(stats, [2.5, 97.5])
     return float(diff.mean()), float(low), float(high), how
 

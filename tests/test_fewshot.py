@@ -222,6 +222,30 @@ def test_text_few_shot_methods_run_and_claim_pairs_fs_lora_with_fs_full(tmp_path
                         memory_factor=0.8, time_factor=0.8, n_boot=200)
     [entry] = comparisons  # maml, fs_probe and fs_full are no PEFT arms (claim_reference: none)
     assert (entry["peft"], entry["reference"], entry["seeds"], entry["ways"], entry["shots"]) == ("fs_lora", "fs_full", [0, 1], 5, 1)
+    assert "two-level bootstrap (seeds, then 12 meta-test tasks)" in entry["parts"][0]["note"]
+
+
+def test_claim_bootstrap_resamples_few_shot_tasks_not_single_query_predictions():
+    import pandas as pd
+
+    from tunebench.claim import bootstrap_accuracy_diff
+
+    rng = np.random.default_rng(0)
+    tasks, per_task = 40, 25
+
+    def arm(p_task):  # every query of a task right or wrong together: the extreme of within-task correlation
+        outcomes = [np.repeat(rng.random(tasks) < p_task, per_task) for _ in range(2)]
+        return pd.DataFrame({"test_acc": [o.mean() for o in outcomes], "meta_test_tasks": [tasks] * 2,
+                             "test_correct": ["".join("1" if c else "0" for c in o) for o in outcomes]})
+
+    peft, full = arm(0.5), arm(0.5)
+    est, low, high, how = bootstrap_accuracy_diff(peft, full, 2000, np.random.default_rng(1))
+    assert how == f"two-level bootstrap (seeds, then {tasks} meta-test tasks)" and low < est < high
+    by_example = bootstrap_accuracy_diff(peft.drop(columns="meta_test_tasks"), full.drop(columns="meta_test_tasks"),
+                                         2000, np.random.default_rng(1))
+    assert by_example[3] == f"two-level bootstrap (seeds, then {tasks * per_task} test examples)"
+    # 25 perfectly correlated predictions per task carry the information of one: the CI is ~5x wider
+    assert (high - low) / (by_example[2] - by_example[1]) == pytest.approx(np.sqrt(per_task), rel=0.35)
 
 
 def test_encoder_methods_refuse_images_and_training_split_refinements(tmp_path, monkeypatch):
