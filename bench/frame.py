@@ -11,6 +11,8 @@ CELL_KEYS = ["task", "refine", "method", "lr", "seed", "model"]
 METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct"]
 # Continual methods' own (methods/continual.py); absent (NaN) for every other method.
 CONTINUAL_KEYS = ["avg_acc", "forgetting", "bwt"]
+# CLIP methods' own (methods/clip.py): zero-shot accuracy with class prompts and retrieval recall@k.
+CLIP_KEYS = ["zero_shot_acc", "recall_i2t_1", "recall_i2t_5", "recall_t2i_1", "recall_t2i_5"]
 # Few-shot methods' own (methods/fewshot.py): meta-test accuracy over N-way K-shot tasks and its 95% CI.
 FEWSHOT_KEYS = ["meta_test_acc", "meta_test_ci95_low", "meta_test_ci95_high", "meta_test_tasks", "ways", "shots"]
 COST_KEYS = [
@@ -36,7 +38,7 @@ def _row(record: dict) -> dict:
         "lr": (config.get("method") or {}).get("lr"), "seed": config.get("seed"), "model": (config.get("model") or {}).get("name"),
     }
     row.update({k: cell.get(k, fallback[k]) for k in CELL_KEYS})
-    row.update({k: metrics.get(k) for k in METRIC_KEYS + CONTINUAL_KEYS})
+    row.update({k: metrics.get(k) for k in METRIC_KEYS + CONTINUAL_KEYS + CLIP_KEYS})
     row.update(fewshot_values(metrics))
     # The arm `tunebench claim` compares this method with (method.claim_reference; None: "full").
     row["claim_reference"] = (config.get("method") or {}).get("claim_reference")
@@ -66,6 +68,6 @@ def load_frame(sweep_dir: Path) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no run records (*.json) under {sweep_dir}")
     frame = pd.DataFrame(rows)
-    numeric = [k for k in METRIC_KEYS + CONTINUAL_KEYS + FEWSHOT_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
+    numeric = [k for k in METRIC_KEYS + CONTINUAL_KEYS + CLIP_KEYS + FEWSHOT_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame

@@ -48,6 +48,10 @@ def build(cfg, task, init: dict | None = None) -> Model:
     """Build a classifier for `task` from the `model` config group."""
     if task.modality == "image":
         return _build_image(cfg, task, init)
+    if task.modality == "image-text":
+        from tunebench.clip_models import build_clip
+
+        return build_clip(cfg, task, init)
     return _build_text(cfg, task, init)
 
 

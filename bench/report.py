@@ -2,7 +2,8 @@
 
 Rows are (task, refinement, method, lr), with mean +- std over seeds of accuracy and macro-F1 and
 the mean cost columns. Failed / diverged runs are counted, never averaged in. When the sweep has
-continual-learning runs, their average accuracy, forgetting and backward transfer (BWT) get columns too;
+continual-learning runs, their average accuracy, forgetting and backward transfer (BWT) get columns too,
+as do CLIP runs' zero-shot accuracy and image->text / text->image recall@1 and @5;
 when it has few-shot runs, rows are split by N-way K-shot setting and show the meta-test accuracy
 ± its 95% confidence interval over tasks (mean over seeds of the per-run interval half-widths) and the
 number of meta-test tasks.
@@ -15,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import CONTINUAL_KEYS, GROUP_KEYS, load_frame, setting_keys
+from tunebench.frame import CLIP_KEYS, CONTINUAL_KEYS, GROUP_KEYS, load_frame, setting_keys
 
 STAT_COLUMNS = {"test_acc": "acc", "test_macro_f1": "macro_f1"}
 CONTINUAL_COLUMNS = {"avg_acc": "avg acc", "forgetting": "forgetting", "bwt": "BWT"}  # shown when any run has them
+CLIP_COLUMNS = {"zero_shot_acc": "zero-shot acc", "recall_i2t_1": "i→t R@1", "recall_i2t_5": "i→t R@5",
+                "recall_t2i_1": "t→i R@1", "recall_t2i_5": "t→i R@5"}  # likewise
 COST_COLUMNS = {
     "params_trainable": "trainable_params", "trainable_pct": "trainable_pct", "peak_memory_mb": "peak_mem_mb",
     "train_seconds": "train_s", "samples_per_second": "samples_per_s", "saved_bytes": "saved_bytes",
@@ -51,8 +54,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def continual_columns(frame: pd.DataFrame) -> list[str]:
-    """The continual-learning metrics some run of the sweep has (none for a sweep without continual methods)."""
-    return [k for k in CONTINUAL_KEYS if k in frame and frame[k].notna().any()]
+    """The method-family metrics (continual learning, CLIP) some run of the sweep has; none for a sweep without them."""
+    return [k for k in CONTINUAL_KEYS + CLIP_KEYS if k in frame and frame[k].notna().any()]
 
 
 def _pm(mean, std, digits: int = 4) -> str:
@@ -75,7 +78,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["tasks"] = table.meta_test_tasks.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
     out["acc"] = [_pm(m, s) for m, s in zip(table.acc_mean, table.acc_std)]
     out["macro-F1"] = [_pm(m, s) for m, s in zip(table.macro_f1_mean, table.macro_f1_std)]
-    for source, name in CONTINUAL_COLUMNS.items():
+    for source, name in {**CONTINUAL_COLUMNS, **CLIP_COLUMNS}.items():
         if f"{source}_mean" in table:
             out[name] = [_pm(m, s) for m, s in zip(table[f"{source}_mean"], table[f"{source}_std"])]
     out["trainable"] = table.trainable_params.map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")

@@ -1,4 +1,4 @@
-"""Tasks: built-in offline tasks, local files and HuggingFace hub datasets, behind one `load`."""
+"""Tasks: built-in offline tasks, local files, HuggingFace hub datasets and image-text pairs, behind one `load`."""
 from __future__ import annotations
 
 from tunebench.registry import Registry
@@ -6,7 +6,7 @@ from tunebench.registry import Registry
 from .task import Split, Task
 
 # name -> builder(cfg) -> Task; modules below register themselves.
-TASKS: Registry = Registry("task", plugin_modules=("tunebench.datasets.builtin", "tunebench.datasets.images", "tunebench.datasets.wordnet_supersenses", "tunebench.datasets.files", "tunebench.datasets.hub"))
+TASKS: Registry = Registry("task", plugin_modules=("tunebench.datasets.builtin", "tunebench.datasets.images", "tunebench.datasets.wordnet_supersenses", "tunebench.datasets.files", "tunebench.datasets.hub", "tunebench.datasets.pairs"))
 
 
 def load(cfg) -> Task:

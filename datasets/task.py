@@ -25,22 +25,30 @@ def inputs_digest(inputs: list) -> str:
 @dataclass(frozen=True)
 class Split:
     x: list  # inputs: strings for text tasks, float32 arrays (H, W) or (C, H, W) in [0, 1] for images
-    y: np.ndarray  # int64 class indices
+    y: np.ndarray  # int64 class indices; -1 = no class (image-text pairs without a label column)
     labeled: bool = True  # False for the pool: its labels are hidden, only an oracle may reveal them
+    captions: list | None = None  # image-text tasks: one caption string per input (None for the others)
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
             raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+        if self.captions is not None:
+            if len(self.captions) != len(self.x):
+                raise ValueError(f"split has {len(self.x)} inputs but {len(self.captions)} captions")
+            bad = next((i for i, c in enumerate(self.captions) if not isinstance(c, str)), None)
+            if bad is not None:
+                raise ValueError(f"split caption {bad} is {self.captions[bad]!r}: expected a string")
 
     def __len__(self) -> int:
         return len(self.x)
 
     def subset(self, indices) -> "Split":
         indices = np.asarray(indices, dtype=np.int64)
-        return replace(self, x=[self.x[i] for i in indices], y=self.y[indices])
+        captions = None if self.captions is None else [self.captions[i] for i in indices]
+        return replace(self, x=[self.x[i] for i in indices], y=self.y[indices], captions=captions)
 
     def class_counts(self, num_classes: int) -> list[int]:
-        return np.bincount(self.y, minlength=num_classes).tolist()
+        return np.bincount(self.y[self.y >= 0], minlength=num_classes).tolist()
 
 
 @dataclass(frozen=True)
@@ -68,10 +76,15 @@ class Task:
             h.update(split_name.encode())
             update_with_inputs(h, split.x)
             h.update(np.ascontiguousarray(split.y, dtype=np.int64).tobytes())
+            if split.captions is not None:  # only then: the hashes of caption-less tasks stay as they were
+                h.update(b"captions")
+                update_with_inputs(h, split.captions)
         return h.hexdigest()[:16]
 
     def majority_baseline(self) -> float:
         """Test accuracy of always predicting the most frequent training class."""
+        if not self.num_classes:  # caption pairs without classes
+            return float("nan")
         majority = int(np.bincount(self.train.y, minlength=self.num_classes).argmax())
         return float(np.mean(self.test.y == majority)) if len(self.test) else float("nan")
 

@@ -11,6 +11,7 @@ METHODS: Registry = Registry(
         "tunebench.methods.prompt",
         "tunebench.methods.continual",
         "tunebench.methods.fewshot",
+        "tunebench.methods.clip",
     ),
 )
 

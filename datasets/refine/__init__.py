@@ -52,6 +52,19 @@ class Refined:
     report: dict = field(default_factory=dict)
 
 
+DEFAULT_MODALITIES = ("image", "text")  # a refinement handles more by setting `.modalities` on its function
+
+
+def check_modality(name: str, refinement, task: Task) -> None:
+    supported = getattr(refinement, "modalities", DEFAULT_MODALITIES)
+    if task.modality not in supported:
+        fitting = [n for n in REFINEMENTS.names()
+                   if n != "none" and task.modality in getattr(REFINEMENTS.get(n), "modalities", DEFAULT_MODALITIES)]
+        article = "an" if task.modality[0] in "aeiou" else "a"
+        raise ValueError(f"refine={name} works on {'/'.join(supported)} tasks; data={task.name} is {article} {task.modality} task "
+                         f"(use refine={' or refine='.join(['none', *fitting])})")
+
+
 def apply_chain(task: Task, refine_cfg, ctx) -> tuple[Task, Any, list[dict]]:
     """Apply each configured refinement in order; `none` entries are skipped."""
     init, reports = None, []
@@ -59,8 +72,10 @@ def apply_chain(task: Task, refine_cfg, ctx) -> tuple[Task, Any, list[dict]]:
         name = cfg.get("name", key)
         if name == "none":
             continue
+        refinement = REFINEMENTS.get(name)
+        check_modality(name, refinement, task)
         with isolated_rng():  # same model init and data order whether artefacts are built or loaded
-            refined = REFINEMENTS.get(name)(task, cfg, ctx)
+            refined = refinement(task, cfg, ctx)
         task, init = refined.task, refined.init if refined.init is not None else init
         reports.append({"name": name, **refined.report})
     return task, init, reports
