@@ -76,7 +76,7 @@ class ClipMethod:
         with self.meter.phase("eval"):
             test = self.evaluate("test")
             if best_val is None:
-                best_val = self.evaluate("validation", retrieval=False)["zero_shot_acc"]
+                best_val = self.val_score()
         return self.metrics(test, start, best_val)
 
     # -- training -------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class ClipMethod:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step in evals_at:
                 with self.meter.phase("eval"):
-                    val = self.evaluate("validation", retrieval=False)["zero_shot_acc"]
+                    val = self.val_score()
                 curve.append({"step": step, "train_loss": float(loss.item()), "val_acc": val})
                 if val > best_val:
                     best_val = val
@@ -151,6 +151,12 @@ class ClipMethod:
         if retrieval:
             out.update(retrieval_recall(images, list(data.captions), lambda texts: embed_texts(self.model, texts)))
         return out
+
+    def val_score(self) -> float:
+        """Validation zero-shot accuracy; image->text recall@1 for pairs without classes."""
+        if self.prompts:
+            return self.evaluate("validation", retrieval=False)["zero_shot_acc"]
+        return self.evaluate("validation")["recall_i2t_1"]
 
     def metrics(self, test: dict, start: dict, best_val) -> dict:
         y = self.task.test.y
@@ -318,10 +324,10 @@ class WiseFTMethod(ClipMethod):
         with self.meter.phase("eval"):
             for alpha in alphas:
                 net.load_state_dict(interpolate(self.start_state, tuned, alpha))
-                val, test = self.evaluate("validation", retrieval=False)["zero_shot_acc"], self.evaluate("test")
+                val, test = self.val_score(), self.evaluate("test")
                 curve.append({"alpha": alpha, "val_acc": val, "test_acc": test["zero_shot_acc"],
                               **{k: v for k, v in test.items() if k.startswith("recall_")}})
-                if best is None or (val or 0.0) > (best[1] or 0.0):
+                if best is None or val > best[1]:
                     best = (alpha, val, test)
         alpha, val, test = best
         net.load_state_dict(interpolate(self.start_state, tuned, alpha))

@@ -169,3 +169,16 @@ def test_an_open_clip_config_and_a_local_checkpoint_load_through_the_cluster_cod
     assert embed_texts(model, ["a photo of a cat."]).shape == (1, 32)
     with pytest.raises(ValueError, match="model.name='no-such-clip' is neither a packaged CLIP"):
         build_clip(OmegaConf.create({"name": "no-such-clip"}), task=None)
+
+
+def test_pairs_without_classes_score_retrieval(tmp_path, monkeypatch):
+    """A local CSV of image paths and captions (open_clip's format) without a label column: no zero-shot
+    classification, so test_acc is image->text recall@1 and the record says so."""
+    from .test_pairs import ROWS, write_pairs
+
+    path = write_pairs(tmp_path, ROWS)
+    record = run(tmp_path / "results", monkeypatch, "data=pairs_csv", f"data.path={path}", "refine=none", "method=clip_lora",
+                 "train.max_steps=2")
+    m = record["metrics"]
+    assert m["test_metric"] == "recall_i2t_1" and m["test_acc"] == m["recall_i2t_1"] and m["zero_shot_acc"] is None
+    assert m["test_correct"] is None and 0.0 <= m["best_val_acc"] <= 1.0 and m["majority_baseline_test_acc"] is None

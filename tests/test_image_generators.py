@@ -132,3 +132,13 @@ def test_knobs_defaults_padding_and_bad_values():
         train_generator("diffusion", images, labels, 4, {"schedule": "sigmoid"}, seed=0)
     with pytest.raises(KeyError, match="available image generators: diffusion, gan"):
         train_generator("vae", images, labels, 4, {}, seed=0)
+
+
+def test_refinement_knob_errors_name_the_refinement_key():
+    from tunebench.datasets.refine.synthetic import trained_image_generator
+
+    digits = load(OmegaConf.load(ROOT / "conf" / "data" / "digits.yaml"))
+    with pytest.raises(ValueError, match=r"^refine\.synthetic\.gan\.steps=2\.5: expected an integer"):
+        trained_image_generator("gan", digits, {"steps": 2.5}, seed=0, cache_dir=None)
+    with pytest.raises(ValueError, match=r"^refine\.augmented\.diffusion: unknown knobs \['stepz'\]"):
+        trained_image_generator("diffusion", digits, {"stepz": 3}, seed=0, cache_dir=None, owner="augmented")

@@ -61,7 +61,7 @@ def wordnet_synonyms(task, sources: list, cfg, seed: int, cache_dir):
 def sdedit_variations(task, sources: list, cfg, seed: int, cache_dir):
     from .image_generators import sdedit
 
-    generator, report = trained_image_generator("diffusion", task, knobs(cfg, "diffusion"), seed, cache_dir)
+    generator, report = trained_image_generator("diffusion", task, knobs(cfg, "diffusion"), seed, cache_dir, owner="augmented")
     images = np.stack([np.asarray(x, dtype=np.float32) for x, _ in sources])
     labels = np.array([y for _, y in sources], dtype=np.int64)
     strength = float(cfg.get("strength", 0.4))

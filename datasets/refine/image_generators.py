@@ -91,7 +91,7 @@ def resolve_config(kind: str, image_size: tuple[int, int], cfg: dict | None) -> 
     overrides = dict(cfg or {})
     unknown = sorted(set(overrides) - set(knobs))
     if unknown:
-        raise ValueError(f"image generator {kind!r}: unknown knobs {unknown}; known knobs: {sorted(knobs)}")
+        raise ValueError(f"{kind}: unknown knobs {unknown}; known knobs: {sorted(knobs)}")
     for key, value in overrides.items():
         knobs[key] = coerce(kind, key, value, type(knobs[key]))
     check_knobs(kind, knobs)

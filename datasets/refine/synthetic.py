@@ -58,13 +58,18 @@ def knobs(cfg, name: str) -> dict:
 
 # -- images ------------------------------------------------------------------------------------------
 
-def trained_image_generator(kind: str, task, gen_cfg: dict, seed: int, cache_dir: Path | None):
-    """A generator trained on task.train (built once per (kind, knobs, training images, seed))."""
-    from .image_generators import default_config, load_generator, train_generator
+def trained_image_generator(kind: str, task, gen_cfg: dict, seed: int, cache_dir: Path | None, owner: str = "synthetic"):
+    """A generator trained on task.train (built once per (kind, knobs, training images, seed)); `owner`
+    is the refinement whose config holds the knobs (errors name `refine.<owner>.<kind>.<knob>`)."""
+    from .image_generators import default_config, load_generator, resolve_config, train_generator
 
     images = np.stack([np.asarray(x, dtype=np.float32) for x in task.train.x])
     if images.ndim != 3:
-        raise ValueError(f"refine.synthetic.generator={kind}: expects grey (H, W) images; data={task.name} has shape {images.shape[1:]}")
+        raise ValueError(f"refine.{owner}.generator={kind}: expects grey (H, W) images; data={task.name} has shape {images.shape[1:]}")
+    try:  # check the knobs before anything is built or hashed
+        resolve_config(kind, images.shape[1:], gen_cfg)
+    except ValueError as e:
+        raise ValueError(f"refine.{owner}.{e}") from None
     config = {**default_config(kind, images.shape[1:]), **gen_cfg}
 
     def train(folder: Path) -> None:
