@@ -49,6 +49,7 @@ class ClipMethod:
     name = "clip_full"
     modalities = ("image-text",)
     trains = True
+    keeps_start = False  # WiSE-FT keeps a copy of the zero-shot weights (memory only it should pay)
 
     def adapt(self, net, cfg):
         """Which weights train (the runner counts parameters after this)."""
@@ -65,7 +66,7 @@ class ClipMethod:
         check_captions(task)
         with meter.phase("eval"):
             start = self.evaluate("test")
-        self.start_state = copy.deepcopy(model.net.state_dict())
+        self.start_state = copy.deepcopy(model.net.state_dict()) if self.keeps_start else None
         curve, best_val = self.fit() if self.trains else ([], None)
         result = self.finish(start, best_val)
         self._count_saved()
@@ -124,11 +125,11 @@ class ClipMethod:
                 curve.append({"step": step, "train_loss": float(loss.item()), "val_acc": val})
                 if val > best_val:
                     best_val = val
-                    if t.get("select_best", True):
-                        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                    if t.get("select_best", True):  # only what trains changes (BatchNorm statistics are fixed)
+                        best_state = {k: v.detach().clone() for k, v in net.named_parameters() if v.requires_grad}
         bar.close()
         if best_state is not None:
-            net.load_state_dict(best_state)
+            net.load_state_dict(best_state, strict=False)
         return curve, best_val
 
     def train_mode(self) -> None:
@@ -313,6 +314,7 @@ class WiseFTMethod(ClipMethod):
     """Full fine-tuning, then weight-space ensembles with the zero-shot model over `method.alphas`."""
 
     name = "clip_wiseft"
+    keeps_start = True
 
     def finish(self, start: dict, best_val) -> dict:
         net = self.model.net
