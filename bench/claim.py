@@ -132,7 +132,7 @@ def ratio_part(name: str, column: str, peft, full, factor: float, n_boot: int, r
 def params_part(peft, full, max_ratio: float) -> Part:
     ratio = float(peft.params_trainable.iloc[0] / full.params_trainable.iloc[0])
     verdict = "supported" if ratio <= max_ratio else "refuted"
-    note = f"{int(peft.params_trainable.iloc[0]):,} vs {int(full.params_trainable.iloc[0]):,} (incl. classifier head)"
+    note = f"{int(peft.params_trainable.iloc[0]):,} vs {int(full.params_trainable.iloc[0]):,} (incl. any task head)"
     return Part("trainable params (PEFT / full)", ratio, None, None, f"ratio <= {max_ratio:g}", verdict, note)
 
 
