@@ -110,10 +110,13 @@ def build_clip(cfg, task, init: dict | None = None) -> ClipModel:
     else:
         net, tokenizer, mean, std = _open_clip_model(cfg)
         source = f"open_clip:{name}:{cfg.get('pretrained') or 'random'}"
+    if getattr(net, "logit_bias", None) is not None:  # SigLIP: trained with a sigmoid loss, not ClipLoss
+        raise ValueError(f"model.name={name!r} is a SigLIP model (it has a logit bias); the CLIP methods train "
+                         "with open_clip's ClipLoss (softmax): use a CLIP model")
     if init is not None:
         missing, unexpected = net.load_state_dict(init, strict=False)
         if unexpected:
-            raise ValueError(f"refinement init has weights the CLIP model does not: {unexpected[:5]}")
+            raise ValueError(f"refinement init has weights model.name={name!r} does not: {unexpected[:5]}")
     return ClipModel(net=net, tokenizer=tokenizer, source=source, head_prefixes=(),
                      image_size=image_size_of(net, cfg), mean=mean, std=std)
 
@@ -176,6 +179,13 @@ def aligned_state(model: ClipModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in model.net.state_dict().items() if k in names}
 
 
+def tower_projection_names(net, tower: str) -> list[str]:
+    """The projection from a tower to the shared space: `visual.head.*` / `text.proj.*` (timm / HF towers),
+    `visual.proj` / `text_projection` (open_clip's own ViT and text transformer)."""
+    prefixes = {"image": ("visual.head.", "visual.proj"), "text": ("text.proj.", "text_projection", "text.text_projection")}[tower]
+    return [n for n, _ in net.named_parameters() if n.startswith(prefixes[0]) or n in prefixes[1:]]
+
+
 # -- scoring ------------------------------------------------------------------------------------------
 @torch.no_grad()
 def embed_images(model: ClipModel, images: list, batch_size: int = 128) -> torch.Tensor:
@@ -197,13 +207,18 @@ def zero_shot_predictions(image_emb: torch.Tensor, class_emb: torch.Tensor) -> n
     return (image_emb @ class_emb.T).argmax(-1).cpu().numpy()
 
 
-def retrieval_recall(image_emb: torch.Tensor, captions: list[str], text_emb_of, ks=(1, 5)) -> dict:
-    """Image->text and text->image recall@k over a split's pairs. Identical captions (Fashion-MNIST's
-    class prompts) are one text whose positives are all of their images, so a tie is never a miss."""
-    unique = sorted(set(captions))
-    index = {c: i for i, c in enumerate(unique)}
-    owner = torch.as_tensor([index[c] for c in captions])
-    sims = image_emb @ text_emb_of(unique).T  # [images, unique captions]
+def retrieval_recall(image_emb: torch.Tensor, captions: list[str], text_emb_of, ks=(1, 5), key_of=None) -> dict:
+    """Image->text and text->image recall@k over a split's pairs. Captions the model cannot tell apart
+    (the same text, or the same token ids under `key_of`: case, spacing, truncation) are one text whose
+    positives are all of their images (Fashion-MNIST's class prompts), so a tie is never a miss."""
+    keys = key_of(captions) if key_of is not None else list(captions)
+    first: dict = {}
+    for caption, key in zip(captions, keys):
+        first.setdefault(key, caption)
+    unique = list(first.values())
+    index = {key: i for i, key in enumerate(first)}
+    owner = torch.as_tensor([index[key] for key in keys])
+    sims = (image_emb @ text_emb_of(unique).T).cpu()  # [images, unique captions]
     out = {}
     for k in ks:
         top_texts = sims.topk(min(k, len(unique)), dim=1).indices

@@ -92,7 +92,7 @@ class ClipMethod:
         if not params:
             raise ValueError(f"method={self.name} left no trainable weight")
         lr = effective_lr(self.cfg, self.task.modality)
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(self.m.get("weight_decay", 0.0)))
+        optimizer = torch.optim.AdamW(param_groups(net, float(self.m.get("weight_decay", 0.0))), lr=lr)
         scheduler = cosine_with_warmup(optimizer, len(batches), float(self.m.get("warmup_ratio", 0.0)))
         loss_fn, evals_at, curve = ClipLoss(), eval_steps(len(batches), int(t.evals)), []
         best_val, best_state = -1.0, None
@@ -150,7 +150,8 @@ class ClipMethod:
             preds = zero_shot_predictions(images, embed_texts(self.model, self.prompts))
             out.update(zero_shot_acc=float(np.mean(preds == data.y)), preds=preds)
         if retrieval:
-            out.update(retrieval_recall(images, list(data.captions), lambda texts: embed_texts(self.model, texts)))
+            out.update(retrieval_recall(images, list(data.captions), lambda texts: embed_texts(self.model, texts),
+                                        key_of=lambda texts: [tuple(row.tolist()) for row in self.model.tokens(texts)]))
         return out
 
     def val_score(self) -> float:
@@ -196,10 +197,20 @@ class ClipMethod:
         return {k: v for k, v in self.model.net.named_parameters() if v.requires_grad}
 
 
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's recipe: no weight decay on gains, biases and the logit scale (1-d tensors)."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def class_prompts(task, m) -> list[str]:
-    template = m.get("prompt_template") or task.meta.get("prompt_template") or "a photo of a {}."
-    if "{}" not in template:
-        raise ValueError(f"prompt template {template!r} (method.prompt_template or the task's) needs one '{{}}' for the class name")
+    from tunebench.datasets.pairs import check_template
+
+    key = "method.prompt_template" if m.get("prompt_template") else "data.prompt_template"
+    template = check_template(m.get("prompt_template") or task.meta.get("prompt_template") or "a photo of a {}.", key)
     return [template.format(c) for c in task.classes]
 
 
@@ -229,6 +240,17 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
+def unlock_projection(net, tower: str):
+    """A locked tower's projection still trains (open_clip's ViT / text transformer locks freeze it too)."""
+    from tunebench.clip_models import tower_projection_names
+
+    names = set(tower_projection_names(net, tower))
+    for n, p in net.named_parameters():
+        if n in names:
+            p.requires_grad = True
+    return net
+
+
 class LockImageMethod(ClipMethod):
     name = "clip_lock_image"
 
@@ -238,7 +260,7 @@ class LockImageMethod(ClipMethod):
         # freeze_bn_stats=True swaps in timm's FrozenBatchNorm2d, which drops EfficientNet's fused BN
         # activation (measured: zero-shot accuracy 0.95 -> 0.10 before any step).
         net.lock_image_tower(unlocked_groups=0, freeze_bn_stats=False)
-        return net
+        return unlock_projection(net, "image")
 
 
 class LockTextMethod(ClipMethod):
@@ -246,8 +268,8 @@ class LockTextMethod(ClipMethod):
 
     def adapt(self, net, cfg):
         super().adapt(net, cfg)
-        net.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)  # the text projection still trains
-        return net
+        net.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        return unlock_projection(net, "text")
 
 
 class LoRAMethod(ClipMethod):
@@ -288,18 +310,21 @@ class ProbeMethod(ClipMethod):
             raise ValueError(f"method=clip_probe classifies images; data={task.name} has no class labels")
         result = super().fit_evaluate(model, task, cfg, meter, ctx)
         with meter.phase("train"):
-            features = embed_images(model, task.train.x).numpy()
+            features = embed_images(model, task.train.x).cpu().numpy()
             probe = LogisticRegression(C=float(cfg.method.C), max_iter=int(cfg.method.max_iter)).fit(features, task.train.y)
             meter.add_train_samples(len(task.train))
         self.probe = probe
         with meter.phase("eval"):
-            val = probe.score(embed_images(model, task.validation.x).numpy(), task.validation.y)
-            preds = probe.predict(embed_images(model, task.test.x).numpy())
+            val = probe.score(embed_images(model, task.validation.x).cpu().numpy(), task.validation.y)
+            preds = probe.predict(embed_images(model, task.test.x).cpu().numpy())
         y = task.test.y
         result["metrics"].update(test_acc=float(np.mean(preds == y)), best_val_acc=float(val), test_metric="probe_acc",
                                  test_macro_f1=float(f1_score(y, preds, average="macro", zero_division=0)),
                                  test_correct="".join("1" if c else "0" for c in preds == y))
-        self.meter.values["params_trainable"] = int(probe.coef_.size + probe.intercept_.size)
+        n = int(probe.coef_.size + probe.intercept_.size)  # the probe is all that trains (the CLIP is frozen)
+        total = int(self.meter.values.get("params_total", 0)) + n
+        self.meter.values.update(params_trainable=n, params_trainable_excl_head=0, params_total=total,
+                                 trainable_pct=100.0 * n / total)
         self._count_saved()
         return result
 

@@ -182,3 +182,41 @@ def test_pairs_without_classes_score_retrieval(tmp_path, monkeypatch):
     m = record["metrics"]
     assert m["test_metric"] == "recall_i2t_1" and m["test_acc"] == m["recall_i2t_1"] and m["zero_shot_acc"] is None
     assert m["test_correct"] is None and 0.0 <= m["best_val_acc"] <= 1.0 and m["majority_baseline_test_acc"] is None
+
+
+def test_recall_counts_captions_the_model_cannot_tell_apart_as_one_text():
+    from tunebench.clip_models import retrieval_recall
+
+    images = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0.8, 0, 0, 0.6]])
+    texts = {"a cat": torch.tensor([1.0, 0, 0, 0]), "a dog": torch.tensor([0, 1.0, 0, 0]), "a bird": torch.tensor([0, 0, 1.0, 0])}
+
+    def text_emb_of(captions):
+        return torch.stack([texts[c.lower()] for c in captions])
+
+    # images 0 and 3 share the caption "a cat": one text with two positives, nothing misses
+    assert retrieval_recall(images, ["a cat", "a dog", "a bird", "a cat"], text_emb_of, ks=(1,)) == \
+        {"recall_i2t_1": 1.0, "recall_t2i_1": 1.0}
+    # "A cat" embeds exactly like "a cat": as two strings they tie and one of the pair misses each way ...
+    apart = retrieval_recall(images, ["a cat", "a dog", "a bird", "A cat"], text_emb_of, ks=(1,))
+    assert apart == {"recall_i2t_1": 0.75, "recall_t2i_1": 0.75}
+    # ... with key_of (the tokenizer's ids, as the CLIP methods pass it) they are one text again
+    together = retrieval_recall(images, ["a cat", "a dog", "a bird", "A cat"], text_emb_of, ks=(1,),
+                                key_of=lambda captions: [c.lower() for c in captions])
+    assert together == {"recall_i2t_1": 1.0, "recall_t2i_1": 1.0}
+
+
+def test_locked_towers_keep_their_projection_trainable_on_open_clip_models_too(tmp_path):
+    import open_clip
+
+    from tunebench.methods.clip import LockImageMethod, LockTextMethod
+
+    spec = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "tunebench-tiny-lock.json").write_text(json.dumps(spec))
+    open_clip.add_model_config(tmp_path)
+    net = LockImageMethod().adapt(open_clip.create_model("tunebench-tiny-lock"), None)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert "visual.proj" in trainable and "visual.conv1.weight" not in trainable and "text_projection" in trainable
+    net = LockTextMethod().adapt(open_clip.create_model("tunebench-tiny-lock"), None)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert "text_projection" in trainable and "token_embedding.weight" not in trainable and "visual.conv1.weight" in trainable

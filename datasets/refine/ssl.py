@@ -101,8 +101,11 @@ def settings(task, cfg) -> dict:
         "batch_size": _number(cfg, "batch_size", default["batch_size"], int, 2, low_inclusive=True),
         "lr": _number(cfg, "lr", default["lr"], float, 0),
     }
-    if task.modality != "image-text":  # CLIP alignment learns its temperature (the logit scale)
+    if task.modality != "image-text":
         out["temperature"] = _number(cfg, "temperature", default["temperature"], float, 0)
+    elif cfg.get("temperature") is not None:
+        raise ValueError(f"refine.ssl.temperature={cfg.get('temperature')!r}: CLIP alignment (data={task.name} is an "
+                         "image-text task) learns its temperature as the logit scale; leave it null")
     pool_size = cfg.get("pool_size")
     if pool_size is not None and (not isinstance(pool_size, int) or pool_size < 2):
         raise ValueError(f"refine.ssl.pool_size={pool_size!r}: expected null (the whole pool) or an integer >= 2")
