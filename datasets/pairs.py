@@ -209,6 +209,8 @@ def check_columns(path: Path, frame: pd.DataFrame, columns: dict[str, str], sepa
 def label_index(raw: str, index_of: dict[str, int], classes: list[str], where: str, column: str) -> int:
     """A label is a class name, or a 0-based index into the declared classes."""
     key = str(raw).strip()
+    if not key:
+        raise DataError(f"{where}: column '{column}' is empty: expected a class label")
     if key in index_of:
         return index_of[key]
     if key.isdigit() and int(key) < len(classes):

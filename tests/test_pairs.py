@@ -207,3 +207,12 @@ def test_pairs_csv_names_a_missing_image_with_its_row(tmp_path):
 def test_pairs_csv_names_a_missing_file():
     with pytest.raises(DataError, match=r"data.path: file 'nowhere.tsv' does not exist"):
         load(data_cfg("pairs_csv", path="nowhere.tsv"))
+
+
+def test_pairs_csv_names_an_empty_label_with_its_row(tmp_path):
+    path = write_pairs(tmp_path, ROWS[:6])
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\t"  # row 3 (line 4): no label
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train.tsv, row 3 \(line 4\): column 'kind' is empty: expected a class label"):
+        load(data_cfg("pairs_csv", path=str(path), label_key="kind"))
