@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tunebench.models import Model, resolve_source
 from tunebench.registry import Registry
@@ -44,17 +43,12 @@ class ClipModel(Model):
 
 def image_batch(inputs: list, size: int, mean, std) -> torch.Tensor:
     """Task images ((H, W) or (C, H, W) floats in [0, 1]) -> a normalised (N, 3, size, size) batch."""
-    x = torch.as_tensor(np.stack([np.asarray(i, dtype=np.float32) for i in inputs]))
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.shape[1] == 1:  # grey: the towers expect RGB
-        x = x.expand(-1, 3, -1, -1)
-    if x.shape[1] != 3:
-        raise ValueError(f"images have {x.shape[1]} channels; CLIP towers take 1 (grey) or 3")
-    if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    from tunebench.image_models import Preprocess, to_image_batch
+
+    x = to_image_batch(inputs)
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"images have {x.shape[1]} channels; CLIP towers take 1 (grey, repeated to RGB) or 3")
+    return Preprocess(size, 3, mean, std, antialias=True)(x)
 
 
 @PACKAGED_TOWERS.register("effnet-lite0+minilm")

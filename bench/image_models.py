@@ -82,19 +82,35 @@ def add_visual_prompt(net: ImageClassifier, image_shape: tuple[int, ...], width_
     return net
 
 
-class Preprocess(nn.Module):
-    """Resize, repeat grey to RGB and normalise inside the model, so tasks keep plain [0, 1] images."""
+def to_image_batch(inputs: list) -> torch.Tensor:
+    """(N, C, H, W) float tensor from (H, W) or (C, H, W) arrays."""
+    import numpy as np
 
-    def __init__(self, size: int, channels: int = 3, mean: float = 0.5, std: float = 0.5):
+    x = torch.as_tensor(np.stack([np.asarray(a, dtype=np.float32) for a in inputs]))
+    return x.unsqueeze(1) if x.dim() == 3 else x
+
+
+class Preprocess(nn.Module):
+    """Resize, repeat grey to RGB and normalise inside the model, so tasks keep plain [0, 1] images.
+    `mean` / `std`: one number, or one per channel (CLIP models)."""
+
+    def __init__(self, size: int, channels: int = 3, mean=0.5, std=0.5, antialias: bool = False):
         super().__init__()
-        self.size, self.channels, self.mean, self.std = size, channels, mean, std
+        self.size, self.channels, self.antialias = size, channels, antialias
+        self.mean, self.std = self._per_channel(mean), self._per_channel(std)
+
+    @staticmethod
+    def _per_channel(value):
+        return value if isinstance(value, (int, float)) else torch.as_tensor(value, dtype=torch.float32).view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                          antialias=self.antialias)
         if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
+        mean, std = (v.to(x.device) if isinstance(v, torch.Tensor) else v for v in (self.mean, self.std))
+        return (x - mean) / std
 
 
 def efficientnet_lite0_imagenet() -> nn.Module:

@@ -175,6 +175,23 @@ class CostMeter:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         self.values["saved_bytes"] = sum(p.stat().st_size for p in files)
 
+    def count_saved_state(self, state: dict) -> None:
+        """Bytes of `state` (tensors) written as safetensors: what a method would store; nothing if empty."""
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        if not state:
+            return
+        folder = tempfile.mkdtemp(prefix="tunebench-save-")
+        try:
+            save_file(state, str(Path(folder) / "model.safetensors"))
+            self.count_saved(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def summary(self) -> dict:
         out = dict(self.values)
         out["train_seconds"] = round(self.times["train"], 3)

@@ -5,6 +5,7 @@ message naming the file, the column and the row.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,19 @@ def infer_classes(frame: pd.DataFrame, label_column: str) -> list[str]:
     return sorted(keys, key=int) if all(k.lstrip("-").isdigit() for k in keys) else keys
 
 
+def label_index(raw, index_of: dict[str, int], classes: list[str], where: str, column: str) -> int:
+    """A label is a class name, or a 0-based index into the declared classes; `where` names file and row."""
+    key = _label_key(raw)
+    if not key:
+        raise DataError(f"{where}: column '{column}' is empty: expected a class label")
+    if key in index_of:
+        return index_of[key]
+    if key.isdigit() and int(key) < len(classes):
+        return int(key)
+    raise DataError(f"{where}: label {raw!r} in column '{column}' is not one of the declared classes {classes} "
+                    f"(nor an index 0..{len(classes) - 1})")
+
+
 def frame_to_split(frame: pd.DataFrame, source: str, text_column: str, label_column: str, classes: list[str]) -> Split:
     """Validate columns, texts and labels; labels may be class names or indices into `classes`."""
     for column in (text_column, label_column):
@@ -70,38 +84,29 @@ def frame_to_split(frame: pd.DataFrame, source: str, text_column: str, label_col
     for i, (text, raw_label) in enumerate(zip(frame[text_column], frame[label_column])):
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{source}, {_row_name(source, i)}: column '{text_column}' is empty or not text ({text!r})")
-        key = _label_key(raw_label)
-        if key in index_of:
-            label = index_of[key]
-        elif key.isdigit() and int(key) < len(classes):
-            label = int(key)
-        else:
-            raise DataError(
-                f"{source}, {_row_name(source, i)}: label {raw_label!r} in column '{label_column}' is not one of "
-                f"the declared classes {classes} (nor an index 0..{len(classes) - 1})"
-            )
         texts.append(text)
-        labels.append(label)
+        labels.append(label_index(raw_label, index_of, classes, f"{source}, {_row_name(source, i)}", label_column))
     return Split(texts, np.asarray(labels, dtype=np.int64))
 
 
-def assemble_task(name: str, splits: dict[str, Split | None], classes: list[str], cfg, meta: dict) -> Task:
+def assemble_task(name: str, splits: dict[str, Split | None], classes: list[str], cfg, meta: dict,
+                  modality: str = "text") -> Task:
     """Carve missing validation / test splits and the pool from train, stratified and seeded."""
     train = splits["train"]
     carve = {k: cfg.get(f"{k}_size") for k in ("test", "validation") if splits.get(k) is None}
     carve["pool"] = cfg.get("pool_size") or 0
     parts = stratified_split(train.y, {**carve, "train": cfg.get("train_size")}, seed=int(cfg.get("split_seed", 0)))
     made = {k: train.subset(idx) for k, idx in parts.items()}
-    pool = made["pool"]
+    given = {k: splits[k] for k in ("validation", "test") if splits.get(k) is not None}
     return Task(
         name=name,
-        modality="text",
+        modality=modality,
         classes=list(classes),
         train=made["train"],
-        validation=splits.get("validation") or made["validation"],
-        test=splits.get("test") or made["test"],
-        pool=Split(pool.x, pool.y, labeled=False),
-        meta={"max_length": int(cfg.max_length), **meta},
+        validation=given.get("validation", made.get("validation")),
+        test=given.get("test", made.get("test")),
+        pool=replace(made["pool"], labeled=False),  # keeps captions of image-text pairs
+        meta=meta,
     )
 
 
@@ -113,4 +118,4 @@ def local_files(cfg) -> Task:
     classes = [str(c) for c in cfg.classes] if cfg.get("classes") else infer_classes(frames["train"], cfg.label_column)
     splits = {k: frame_to_split(f, str(cfg[k]), cfg.text_column, cfg.label_column, classes) for k, f in frames.items()}
     name = cfg.get("task_name") or Path(str(cfg.train)).stem
-    return assemble_task(name, splits, classes, cfg, {"source": {k: str(cfg[k]) for k in frames}})
+    return assemble_task(name, splits, classes, cfg, {"max_length": int(cfg.max_length), "source": {k: str(cfg[k]) for k in frames}})

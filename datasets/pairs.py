@@ -26,9 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import TASKS
-from .files import DataError, infer_classes
+from .files import DataError, assemble_task, infer_classes, label_index
 from .images import FASHION_CLASSES, digits, fashion_mnist
-from .splitting import stratified_split
 from .task import Split, Task
 
 MODALITY = "image-text"
@@ -49,9 +48,11 @@ def check_template(template, key: str = "data.prompt_template") -> str:
     return str(template)
 
 
-def class_prompts(task: Task) -> list[str]:
-    """The zero-shot prompt of each class, in class-index order ([] when the task has no classes)."""
-    return [task.meta["prompt_template"].format(name) for name in task.classes]
+def class_prompts(task: Task, template: str | None = None) -> list[str]:
+    """The zero-shot prompt of each class, in class-index order ([] when the task has no classes), from
+    `template` (checked) or else the task's own."""
+    template = task.meta["prompt_template"] if template is None else check_template(template, "method.prompt_template")
+    return [template.format(name) for name in task.classes]
 
 
 def caption_ids(captions: list[str]) -> np.ndarray:
@@ -77,20 +78,6 @@ def read_image(path: Path, size: int) -> np.ndarray:
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-
-
-def carve_task(name: str, given: dict[str, Split], classes: list[str], cfg, meta: dict) -> Task:
-    """Carve the splits not given (test / validation from `*_size`, the pool, train's rest) off
-    given['train'], stratified by class with `cfg.split_seed`."""
-    train = given["train"]
-    sizes = {k: cfg.get(f"{k}_size") for k in ("test", "validation") if k not in given}
-    sizes["pool"] = cfg.get("pool_size") or 0
-    sizes["train"] = cfg.get("train_size")
-    parts = {k: train.subset(idx) for k, idx in stratified_split(train.y, sizes, seed=int(cfg.split_seed)).items()}
-    parts.update({k: v for k, v in given.items() if k != "train"})
-    return Task(name=name, modality=MODALITY, classes=list(classes), train=parts["train"],
-                validation=parts["validation"], test=parts["test"], pool=replace(parts["pool"], labeled=False),
-                meta=meta)
 
 
 # ---- twemoji ----
@@ -149,7 +136,7 @@ def twemoji(cfg) -> Task:
         "pairs": len(pairs), "emoji_without_image": total - len(found),
         "dropped_categories": dropped, "duplicate_captions": duplicates,
     }
-    return carve_task("twemoji", {"train": whole}, classes, cfg, meta)
+    return assemble_task("twemoji", {"train": whole}, classes, cfg, meta, modality=MODALITY)
 
 
 # ---- classification tasks with class-prompt captions ----
@@ -204,19 +191,6 @@ def check_columns(path: Path, frame: pd.DataFrame, columns: dict[str, str], sepa
             hint = (f"; the header has a single column: is data.separator={separator!r} right?"
                     if len(frame.columns) == 1 else "")
             raise DataError(f"{path}: no column '{column}' ({key}); columns are {list(frame.columns)}{hint}")
-
-
-def label_index(raw: str, index_of: dict[str, int], classes: list[str], where: str, column: str) -> int:
-    """A label is a class name, or a 0-based index into the declared classes."""
-    key = str(raw).strip()
-    if not key:
-        raise DataError(f"{where}: column '{column}' is empty: expected a class label")
-    if key in index_of:
-        return index_of[key]
-    if key.isdigit() and int(key) < len(classes):
-        return int(key)
-    raise DataError(f"{where}: label {raw!r} in column '{column}' is not one of the classes {classes} "
-                    f"(nor an index 0..{len(classes) - 1})")
 
 
 def row_image(folder: Path, value: str, size: int, where: str, column: str) -> np.ndarray:
@@ -280,4 +254,4 @@ def pairs_csv(cfg) -> Task:
         "source": {split: str(path) for split, (path, _) in tables.items()},
         "label_key": label_key,
     }
-    return carve_task(cfg.get("task_name") or tables["train"][0].stem, given, classes, cfg, meta)
+    return assemble_task(cfg.get("task_name") or tables["train"][0].stem, given, classes, cfg, meta, modality=MODALITY)

@@ -32,11 +32,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from tunebench.datasets.pairs import class_prompts
 from tunebench.meter import CostMeter
 
 from . import METHODS, Diverged
@@ -62,7 +62,7 @@ class ClipMethod:
         ctx = ctx if ctx is not None else {}
         self.model, self.task, self.cfg, self.m, self.meter = model, task, cfg, cfg.method, meter
         self.device = next(model.net.parameters()).device
-        self.prompts = class_prompts(task, cfg.method)
+        self.prompts = class_prompts(task, cfg.method.get("prompt_template") or None)
         check_captions(task)
         with meter.phase("eval"):
             start = self.evaluate("test")
@@ -177,21 +177,7 @@ class ClipMethod:
 
     def _count_saved(self) -> None:
         """What the method has to store: the trained weights (LoRA: the adapter)."""
-        import shutil
-        import tempfile
-        from pathlib import Path
-
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.saved_state().items()}
-        if not state:
-            return
-        folder = tempfile.mkdtemp(prefix="tunebench-save-")
-        try:
-            save_file(state, str(Path(folder) / "model.safetensors"))
-            self.meter.count_saved(folder)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        self.meter.count_saved_state(self.saved_state())
 
     def saved_state(self) -> dict:
         return {k: v for k, v in self.model.net.named_parameters() if v.requires_grad}
@@ -204,14 +190,6 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def class_prompts(task, m) -> list[str]:
-    from tunebench.datasets.pairs import check_template
-
-    key = "method.prompt_template" if m.get("prompt_template") else "data.prompt_template"
-    template = check_template(m.get("prompt_template") or task.meta.get("prompt_template") or "a photo of a {}.", key)
-    return [template.format(c) for c in task.classes]
 
 
 def check_captions(task) -> None:

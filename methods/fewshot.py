@@ -41,8 +41,6 @@ import copy
 import hashlib
 import logging
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -282,17 +280,7 @@ class FewShotMethod:
         self.meter.count_params(nn.ModuleDict(parts), ("task_head", "head"))
 
     def _measure_saved(self) -> None:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.saved_state().items()}
-        if not state:
-            return
-        out = tempfile.mkdtemp(prefix="tunebench-save-")
-        try:
-            save_file(state, str(Path(out) / "model.safetensors"))
-            self.meter.count_saved(out)
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
+        self.meter.count_saved_state(self.saved_state())
 
     def _body(self) -> tuple[nn.Module, int]:
         """The network body: the run's image model without its head, or an MLP over frozen embeddings."""

@@ -43,3 +43,17 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNEBENCH_RESULTS": str(Path(cwd) / "results"), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([*TUNEBENCH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fashion_files():
+    """The Debian Fashion-MNIST files (data=fashion_mnist and fashion_mnist_captions read the same root)."""
+    from omegaconf import OmegaConf
+
+    root = Path(OmegaConf.load(ROOT / "conf" / "data" / "fashion_mnist.yaml").root)
+    if not (root / "train-images-idx3-ubyte.gz").exists():
+        reason = f"Fashion-MNIST not installed in {root} (make installs dataset-fashion-mnist when root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return root

@@ -85,20 +85,6 @@ def fashion_cfg(**overrides):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def fashion_files():
-    import os
-    from pathlib import Path
-
-    root = Path(OmegaConf.load(FASHION).root)
-    if not (root / "train-images-idx3-ubyte.gz").exists():
-        reason = f"Fashion-MNIST not installed in {root} (make installs dataset-fashion-mnist when root)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return root
-
-
 def test_fashion_mnist_loads_the_debian_idx_files_with_fixed_stratified_splits(fashion_files):
     task = load(fashion_cfg())
     assert task.summary()["sizes"] == {"train": 2000, "validation": 1000, "test": 2000, "pool": 5000}

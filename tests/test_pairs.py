@@ -1,5 +1,4 @@
 """Image-text tasks: Twemoji pairs, digits / Fashion-MNIST with class-prompt captions, local CSV pairs."""
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -117,17 +116,6 @@ def test_digits_captions_are_the_digits_task_with_prompts():
     assert task.train.x[0].shape == (8, 8)  # grey stays one channel
     assert task.train.captions == [f"a photo of a handwritten {task.classes[y]}." for y in task.train.y]
     assert task.pool.captions is None and not task.pool.labeled  # captions would reveal the pool's labels
-
-
-@pytest.fixture(scope="module")
-def fashion_files():
-    root = Path(OmegaConf.load(DATA / "fashion_mnist_captions.yaml").root)
-    if not (root / "train-images-idx3-ubyte.gz").exists():
-        reason = f"Fashion-MNIST not installed in {root} (make installs dataset-fashion-mnist when root)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return root
 
 
 def test_fashion_mnist_captions_name_the_clothes(fashion_files):

@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tunebench.cache import cached
+from tunebench.image_models import to_image_batch
 
 from . import REFINEMENTS, Refined, refinement_seed
 from ..task import inputs_digest
@@ -196,12 +197,6 @@ def loss_curve(losses: list[float], every: int = CURVE_EVERY) -> list[list]:
 
 
 # ---------------------------------------------------------------- images: SimCLR
-
-def to_image_batch(inputs: list) -> torch.Tensor:
-    """(N, C, H, W) float tensor from (H, W) or (C, H, W) arrays."""
-    x = torch.as_tensor(np.stack([np.asarray(a, dtype=np.float32) for a in inputs]))
-    return x.unsqueeze(1) if x.dim() == 3 else x
-
 
 def augment(x: torch.Tensor, aug: dict, generator: torch.Generator) -> torch.Tensor:
     """One random view of each image in (N, C, H, W) [0, 1]: crop + rotate + shift, jitter, noise."""
