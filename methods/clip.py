@@ -75,7 +75,7 @@ class ClipMethod:
 
     def finish(self, start: dict, best_val) -> dict:
         with self.meter.phase("eval"):
-            test = self.evaluate("test")
+            test = self.evaluate("test") if self.trains else start  # untrained weights: already scored
             if best_val is None:
                 best_val = self.val_score()
         return self.metrics(test, start, best_val)
