@@ -1,34 +1,38 @@
-"""`tunebench claim SWEEP_DIR`: the PEFT claim as checkable parts, per task and refinement.
+"""`tunebench claim SWEEP_DIR`: the PEFT claim as checkable parts, one comparison per configuration.
 
-For each PEFT arm against its full-fine-tuning reference (each arm at its best mean validation lr
-when an lr grid was swept). The reference is `full` unless the method's config names another one in
-`method.claim_reference` (continual LoRA: `cl_lora` against the continual full arm `cl_naive`);
-`claim_reference: none` marks an arm that is not a PEFT arm (the continual full-fine-tuning strategies,
-MAML and the few-shot baselines; few-shot LoRA `fs_lora` is compared with `fs_full`, per N-way K-shot setting).
-  1. accuracy: PEFT - full, paired by seed, bootstrap 95% CI. With per-example test outcomes in the
-     records the bootstrap is two-level (seeds, then test examples within a seed, the same examples
-     for both arms; few-shot: then meta-test tasks, whose query predictions are resampled together),
-     so it counts test-set noise as well as seed noise. Non-inferiority against the
-     margin: supported if the CI's lower end is above -margin, refuted if its upper end is below
-     -margin, otherwise inconclusive. Fewer than 2 paired seeds: inconclusive.
-  2. trainable parameters <= `--params-ratio` (1%) of full.
-  3. peak memory and 4. train time: PEFT / full ratio (paired by seed, bootstrap CI) at most the
-     stated factor: supported if the whole CI is at or below it, refuted if the whole CI is above it.
+A comparison is everything in a run's semantic config but the arm (method, its knobs, lr, lr_scale)
+and the seed: records that differ in model, data size, epochs or refinement knobs are compared
+separately and named by what differs. Within one, each PEFT arm is compared with its reference (`full`
+unless `method.claim_reference` names another; `none` marks an arm that is not a PEFT arm), each at its
+best mean validation lr when an lr grid was swept, paired by seed:
+  1. accuracy: PEFT - full in points; t-interval for the crossed design seeds x shared test examples
+     (or shared meta-test tasks), see tunebench.stats. Non-inferiority: supported if the 95% CI's
+     lower end is above -margin (a one-sided test at 2.5%), refuted if its upper end is below -margin.
+  2. trainable parameters <= `--params-ratio` (1%) of the reference's (deterministic).
+  3. peak memory and 4. train time: geometric-mean ratio PEFT / full over paired seeds, t-interval on
+     the log scale; supported if the whole CI is at or below the factor, refuted if it is above.
+Every test's p-value is adjusted over all the tests in the output (`--adjust`, Holm by default); the
+adjusted verdict is the one to quote, the unadjusted one is shown beside it. Runs that do not count
+(failed, diverged, awaiting labels, no seed to pair with) are listed under their arm; an arm without
+an ok run gets the verdict "no data". `tunebench calibrate` measures the error rates by simulation.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import load_frame, setting_keys
+from tunebench.frame import load_frame
+from tunebench.stats import ADJUSTMENTS, ALPHA, Interval, accuracy_interval, adjust, log_ratio_interval
 
 REFERENCE = "full"
 NOT_AN_ARM = "none"
+NO_DATA = "no data"
 
 
 @dataclass
@@ -40,14 +44,30 @@ class Part:
     threshold: str
     verdict: str
     note: str = ""
+    p_value: float | None = None  # one-sided, for the verdict's direction (supported / refuted); None: no test
+    direction: str | None = None  # the verdict this p-value would support
+    p_adjusted: float | None = None
+    verdict_adjusted: str | None = None
 
 
-def best_lr_runs(ok: pd.DataFrame, settings: list[str] = ()) -> pd.DataFrame:
-    """Keep, per (task, refine, method[, few-shot setting]), the lr with the best mean validation accuracy."""
-    arm = ["task", "refine", *settings, "method"]
-    means = ok.groupby(arm + ["lr"], dropna=False)["best_val_acc"].mean().reset_index()
-    best = means.loc[means.groupby(arm, dropna=False)["best_val_acc"].idxmax()]
-    return ok.merge(best[arm + ["lr"]], on=arm + ["lr"])
+def _tested(part: str, interval: Interval, threshold_value: float, lower_is_claim: bool, scale=lambda v: v,
+            threshold: str = "", note: str = "") -> Part:
+    """A part from an interval: p-values of both one-sided tests against the threshold, the smaller decides."""
+    p_claim = interval.p_below(threshold_value) if lower_is_claim else interval.p_above(threshold_value)
+    p_against = interval.p_above(threshold_value) if lower_is_claim else interval.p_below(threshold_value)
+    direction, p = ("supported", p_claim) if p_claim <= p_against else ("refuted", p_against)
+    verdict = direction if p <= ALPHA / 2 else "inconclusive"
+    return Part(part, scale(interval.estimate), scale(interval.low), scale(interval.high), threshold, verdict, note, p, direction)
+
+
+def best_lr_runs(ok: pd.DataFrame) -> pd.DataFrame:
+    """Keep, per (comparison, arm), the lr with the best mean validation accuracy."""
+    if ok.empty:
+        return ok
+    means = ok.groupby(["comparison", "arm", "lr"], dropna=False)["best_val_acc"].mean().reset_index()
+    means["best_val_acc"] = means["best_val_acc"].fillna(-math.inf)
+    best = means.loc[means.groupby(["comparison", "arm"], dropna=False)["best_val_acc"].idxmax()]
+    return ok.merge(best[["comparison", "arm", "lr"]], on=["comparison", "arm", "lr"])
 
 
 def _correct_matrix(series: pd.Series) -> np.ndarray | None:
@@ -58,14 +78,14 @@ def _correct_matrix(series: pd.Series) -> np.ndarray | None:
 
 
 def _resampling_units(per_example: np.ndarray, tasks) -> tuple[np.ndarray, str]:
-    """Columns the bootstrap resamples: test examples, or few-shot tasks (query predictions within a task
-    share its support set, so they are not independent: resampling them one by one would understate
-    the noise). Tasks have equal query sets, so the mean over task means is the mean over examples."""
+    """Units the seeds share: test examples, or few-shot tasks (query predictions within a task share
+    its support set, so they are not independent). Tasks have equal query sets, so the mean over task
+    means is the mean over examples."""
     n = per_example.shape[1]
     tasks = int(tasks) if tasks is not None and np.isfinite(tasks) and tasks > 0 else 0
     if tasks and n % tasks == 0 and n > tasks:
-        return per_example.reshape(per_example.shape[0], tasks, n // tasks).mean(axis=2), f"{tasks} meta-test tasks"
-    return per_example, f"{n} test examples"
+        return per_example.reshape(per_example.shape[0], tasks, n // tasks).mean(axis=2), f"{tasks} shared meta-test tasks"
+    return per_example, f"{n} shared test examples"
 
 
 def _task_counts(runs: pd.DataFrame):
@@ -75,150 +95,224 @@ def _task_counts(runs: pd.DataFrame):
     return counts.pop() if len(counts) == 1 else None
 
 
-def bootstrap_accuracy_diff(peft: pd.DataFrame, full: pd.DataFrame, n_boot: int, rng) -> tuple[float, float, float, str]:
-    """Mean over paired seeds of acc(PEFT) - acc(full), and its percentile 95% CI."""
-    diff = peft["test_acc"].to_numpy() - full["test_acc"].to_numpy()
+def accuracy_part(peft: pd.DataFrame, full: pd.DataFrame, margin: float) -> Part:
+    name, threshold = "accuracy (PEFT - full, pt)", f"non-inferior: CI low > -{margin:g} pt"
+    estimate = 100 * float(peft.test_acc.mean() - full.test_acc.mean()) if len(peft) else None
+    if len(peft) < 2:
+        return Part(name, estimate, None, None, threshold, "inconclusive", f"{len(peft)} paired seed(s); needs >= 2")
     a, b = _correct_matrix(peft["test_correct"]), _correct_matrix(full["test_correct"])
-    seeds = len(diff)
     tasks = _task_counts(peft)
     if a is None or b is None or a.shape != b.shape or tasks != _task_counts(full):
-        idx = rng.integers(0, seeds, (n_boot, seeds))
-        stats = diff[idx].mean(axis=1)
-        how = "bootstrap over seeds"
-    else:
-        # [seeds, units], paired by seed and by test example (or few-shot task: the same tasks for both arms)
-        per_unit, units = _resampling_units(a - b, tasks)
-        n = per_unit.shape[1]
-        stats = np.empty(n_boot)
-        for start in range(0, n_boot, 250):  # chunks keep the index array small
-            k = min(250, n_boot - start)
-            seed_idx = rng.integers(0, seeds, (k, seeds))
-            unit_idx = rng.integers(0, n, (k, seeds, n))
-            stats[start : start + k] = per_unit[seed_idx[..., None], unit_idx].mean(axis=(1, 2))
-        how = f"two-level bootstrap (seeds, then {units})"
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(diff.mean()), float(low), float(high), how
+        return Part(name, estimate, None, None, threshold, "inconclusive",
+                    "no per-example test outcomes (metrics.test_correct) shared by both arms: test-set noise cannot be counted")
+    per_unit, units = _resampling_units(a - b, tasks)
+    interval = accuracy_interval(per_unit)
+    note = f"{len(peft)} seeds x {units}; t-interval, {interval.df:.1f} df"
+    return _tested(name, interval, -margin / 100, lower_is_claim=False, scale=lambda v: 100 * v, threshold=threshold, note=note)
 
 
-def bootstrap_ratio(peft: np.ndarray, full: np.ndarray, n_boot: int, rng) -> tuple[float, float, float]:
-    idx = rng.integers(0, len(peft), (n_boot, len(peft)))
-    stats = peft[idx].mean(axis=1) / full[idx].mean(axis=1)
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(peft.mean() / full.mean()), float(low), float(high)
-
-
-def accuracy_part(peft, full, margin: float, n_boot: int, rng) -> Part:
-    threshold = f"non-inferior: CI low > -{margin:g} pt"
-    if len(peft) < 2:
-        return Part("accuracy (PEFT - full, pt)", None if peft.empty else 100 * float(peft.test_acc.mean() - full.test_acc.mean()),
-                    None, None, threshold, "inconclusive", f"{len(peft)} paired seed(s); needs >= 2")
-    est, low, high, how = bootstrap_accuracy_diff(peft, full, n_boot, rng)
-    est, low, high = 100 * est, 100 * low, 100 * high
-    verdict = "supported" if low > -margin else "refuted" if high < -margin else "inconclusive"
-    return Part("accuracy (PEFT - full, pt)", est, low, high, threshold, verdict, f"{len(peft)} seeds, {how}")
-
-
-def ratio_part(name: str, column: str, peft, full, factor: float, n_boot: int, rng) -> Part:
+def ratio_part(name: str, column: str, peft: pd.DataFrame, full: pd.DataFrame, factor: float) -> Part:
     threshold = f"ratio <= {factor:g}"
     p, f = peft[column].to_numpy(dtype=float), full[column].to_numpy(dtype=float)
-    if len(p) < 2 or np.isnan(p).any() or np.isnan(f).any() or (f <= 0).any():
-        est = float(np.nanmean(p) / np.nanmean(f)) if len(p) and np.nanmean(f) > 0 else None
-        return Part(name, est, None, None, threshold, "inconclusive", f"{len(p)} paired seed(s) with measurements; needs >= 2")
-    est, low, high = bootstrap_ratio(p, f, n_boot, rng)
-    verdict = "supported" if high <= factor else "refuted" if low > factor else "inconclusive"
-    return Part(name, est, low, high, threshold, verdict, f"{len(p)} seeds")
+    usable = np.isfinite(p) & np.isfinite(f) & (p > 0) & (f > 0)
+    if usable.sum() < 2:
+        est = float(np.exp(np.mean(np.log(p[usable] / f[usable])))) if usable.any() else None
+        return Part(name, est, None, None, threshold, "inconclusive", f"{int(usable.sum())} paired seed(s) with measurements; needs >= 2")
+    interval = log_ratio_interval(p[usable], f[usable])
+    note = f"{int(usable.sum())} seeds; geometric mean, t-interval on log ratios ({interval.df:.0f} df)"
+    return _tested(name, interval, math.log(factor), lower_is_claim=True, scale=math.exp, threshold=threshold, note=note)
 
 
-def params_part(peft, full, max_ratio: float) -> Part:
-    ratio = float(peft.params_trainable.iloc[0] / full.params_trainable.iloc[0])
+def params_part(peft: pd.DataFrame, full: pd.DataFrame, max_ratio: float) -> Part:
+    p, f = int(peft.params_trainable.iloc[0]), int(full.params_trainable.iloc[0])
+    ratio = p / f
     verdict = "supported" if ratio <= max_ratio else "refuted"
-    note = f"{int(peft.params_trainable.iloc[0]):,} vs {int(full.params_trainable.iloc[0]):,} (incl. any task head)"
-    return Part("trainable params (PEFT / full)", ratio, None, None, f"ratio <= {max_ratio:g}", verdict, note)
+    return Part("trainable params (PEFT / full)", ratio, None, None, f"ratio <= {max_ratio:g}", verdict,
+                f"{p:,} vs {f:,} (incl. any task head)")
 
 
 def reference_of(runs: pd.DataFrame) -> str:
-    """The arm a method is compared with: its records' method.claim_reference, else `full`."""
+    """The method an arm is compared with: its records' method.claim_reference, else `full`."""
     named = runs["claim_reference"].dropna() if "claim_reference" in runs else pd.Series(dtype=object)
     return str(named.iloc[0]) if len(named) else REFERENCE
 
 
-def check(frame: pd.DataFrame, margin: float, params_ratio: float, memory_factor: float, time_factor: float,
-          n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    settings = setting_keys(frame)  # few-shot: N-way K-shot settings are compared separately
-    ok = best_lr_runs(frame[(frame.status == "ok") & frame.test_acc.notna()], settings)
+def _reason(row) -> str:
+    if row.status != "ok":
+        first = str(row.error or "").strip().splitlines()[:1]
+        return f"{row.status}" + (f": {first[0][:160]}" if first else "")
+    return "no test score (count_only run)"
+
+
+def _excluded(runs: pd.DataFrame, counted: set[str], arm: str, unpaired: set, partner: str) -> list[dict]:
+    """Runs of an arm that the verdict does not use, each with why."""
+    out = []
+    for row in runs.itertuples():
+        if row.run_id in counted:
+            continue
+        if row.status == "ok" and pd.notna(row.test_acc):
+            if row.seed in unpaired:
+                reason = f"seed {row.seed:.0f}: no ok {partner} run to pair with"
+            else:
+                continue  # an ok run at a non-best lr: the lr selection, noted on the comparison
+        else:
+            reason = _reason(row)
+        out.append({"arm": arm, "run_id": row.run_id, "seed": None if pd.isna(row.seed) else int(row.seed),
+                    "status": row.status, "reason": reason, "path": row.path})
+    return out
+
+
+def _no_data(reason: str) -> list[Part]:
+    return [Part("all", None, None, None, "-", NO_DATA, reason)]
+
+
+def _setting(config: dict) -> dict:
+    return {k: int(config[f"method.{k}"]) for k in ("ways", "shots") if config.get(f"method.{k}") is not None}
+
+
+def compare_arm(group: pd.DataFrame, best: pd.DataFrame, arm: str, reference: str, args) -> dict:
+    """One PEFT arm against its reference arm within one comparison."""
+    first = group.iloc[0]
+    entry = {"comparison": first.comparison, "configuration": first.configuration, "task": first.task,
+             "refine": first.refine, **_setting(first.comparison_config), "peft": arm, "reference": reference}
+    arm_all, ref_all = group[group.arm == arm], group[group.arm == reference]
+    arm_ok, ref_ok = best[best.arm == arm].set_index("seed", drop=False), best[best.arm == reference].set_index("seed", drop=False)
+    seeds = sorted(set(arm_ok.index) & set(ref_ok.index))
+    counted = set(arm_ok.loc[seeds].run_id) | set(ref_ok.loc[seeds].run_id)
+    entry["excluded"] = (_excluded(arm_all, counted, arm, set(arm_ok.index) - set(seeds), reference)
+                         + _excluded(ref_all, counted, reference, set(ref_ok.index) - set(seeds), arm))
+    other_lrs = (arm_all.status == "ok").sum() + (ref_all.status == "ok").sum() - len(arm_ok) - len(ref_ok)
+    entry["runs_at_other_lrs"] = int(other_lrs)
+    if ref_ok.empty or arm_ok.empty:
+        missing = [a for a, runs in ((arm, arm_ok), (reference, ref_ok)) if runs.empty]
+        entry["parts"] = [asdict(p) for p in _no_data(" and ".join(missing) + ": no ok run with a test score")]
+        return entry
+    p, f = arm_ok.loc[seeds], ref_ok.loc[seeds]
+    entry.update(peft_lr=float(arm_ok.lr.iloc[0]), full_lr=float(ref_ok.lr.iloc[0]), seeds=[int(s) for s in seeds])
+    parts = [
+        accuracy_part(p, f, args.margin),
+        params_part(arm_ok, ref_ok, args.params_ratio),
+        ratio_part("peak memory (PEFT / full)", "peak_memory_mb", p, f, args.memory_factor),
+        ratio_part("train time (PEFT / full)", "train_seconds", p, f, args.time_factor),
+    ]
+    entry["parts"] = [asdict(x) for x in parts]
+    return entry
+
+
+@dataclass
+class Settings:
+    margin: float = 1.0
+    params_ratio: float = 0.01
+    memory_factor: float = 0.8
+    time_factor: float = 0.8
+    adjust: str = "holm"
+
+
+def check(frame: pd.DataFrame, margin: float = 1.0, params_ratio: float = 0.01, memory_factor: float = 0.8,
+          time_factor: float = 0.8, adjust_method: str = "holm") -> list[dict]:
+    args = Settings(margin, params_ratio, memory_factor, time_factor, adjust_method)
+    scored = frame[(frame.status == "ok") & frame.test_acc.notna()]
+    best = best_lr_runs(scored)
     comparisons = []
-    for key, group in ok.groupby(["task", "refine", *settings], dropna=False):
-        task, refine = key[:2]
-        for method in sorted(set(group.method)):
-            peft_runs = group[group.method == method].set_index("seed")
-            reference = reference_of(peft_runs)
+    for _, group in frame.groupby(["comparison", "task", "refine"], dropna=False, sort=True):
+        for arm in sorted(set(group.arm)):
+            runs = group[group.arm == arm]
+            method = str(runs.method.iloc[0])
+            reference = reference_of(runs)
             if reference in (method, NOT_AN_ARM):
                 continue
-            entry = {"task": task, "refine": refine, "peft": method, "reference": reference}
-            entry.update({k: int(v) for k, v in zip(settings, key[2:]) if pd.notna(v)})
-            full_runs = group[group.method == reference].set_index("seed")
-            if full_runs.empty:
-                entry["parts"] = [asdict(Part("all", None, None, None, "-", "inconclusive", f"no ok {reference} runs (its full-fine-tuning reference)"))]
-                comparisons.append(entry)
-                continue
-            seeds = sorted(set(peft_runs.index) & set(full_runs.index))
-            p, f = peft_runs.loc[seeds], full_runs.loc[seeds]
-            entry.update(peft_lr=float(peft_runs.lr.iloc[0]), full_lr=float(full_runs.lr.iloc[0]), seeds=[int(s) for s in seeds])
-            parts = [
-                accuracy_part(p, f, margin, n_boot, rng),
-                params_part(peft_runs, full_runs, params_ratio),
-                ratio_part("peak memory (PEFT / full)", "peak_memory_mb", p, f, memory_factor, n_boot, rng),
-                ratio_part("train time (PEFT / full)", "train_seconds", p, f, time_factor, n_boot, rng),
-            ]
-            entry["parts"] = [asdict(x) for x in parts]
-            comparisons.append(entry)
+            references = sorted(set(group[group.method == reference].arm)) or [reference]
+            comparisons += [compare_arm(group, best[best.comparison == group.comparison.iloc[0]], arm, ref, args)
+                            for ref in references]
+    apply_adjustment(comparisons, adjust_method)
     return comparisons
+
+
+def apply_adjustment(comparisons: list[dict], method: str) -> None:
+    """Adjust every test's p-value over the whole output; set each part's adjusted verdict."""
+    tests = [p for c in comparisons for p in c["parts"] if p["p_value"] is not None]
+    for part, p_adj in zip(tests, adjust([p["p_value"] for p in tests], method)):
+        part["p_adjusted"] = p_adj
+        part["verdict_adjusted"] = part["direction"] if p_adj <= ALPHA / 2 else "inconclusive"
+    for c in comparisons:
+        for part in c["parts"]:
+            if part["p_value"] is None:
+                part["verdict_adjusted"] = part["verdict"]
 
 
 def _fmt(value, digits=3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def to_markdown(comparisons: list[dict], margin: float) -> str:
-    lines = [f"# PEFT claim check (accuracy margin {margin:g} pt; 95% bootstrap CIs)", ""]
+def _p(value) -> str:
+    return "-" if value is None else f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def _title(c: dict) -> str:
+    setting = f" ({c['ways']}-way {c['shots']}-shot)" if "ways" in c and "shots" in c else ""
+    config = f" [{c['configuration']}]" if c.get("configuration") else ""
+    lrs = f" — lr: {c['peft']} {c['peft_lr']:.1e}, {c['reference']} {c['full_lr']:.1e}" if "peft_lr" in c else ""
+    return f"{c['task']}{setting} / refinement {c['refine']}{config}: {c['peft']} vs {c['reference']}{lrs}"
+
+
+def to_markdown(comparisons: list[dict], margin: float, adjust_method: str) -> str:
+    tests = sum(p["p_value"] is not None for c in comparisons for p in c["parts"])
+    lines = [f"# PEFT claim check (accuracy margin {margin:g} pt; 95% t-intervals; "
+             f"verdicts adjusted for {tests} tests: {adjust_method})", ""]
     for c in comparisons:
-        lrs = f" — lr: {c['peft']} {c.get('peft_lr', float('nan')):.1e}, {c['reference']} {c.get('full_lr', float('nan')):.1e}" if "peft_lr" in c else ""
-        setting = f" ({c['ways']}-way {c['shots']}-shot)" if "ways" in c and "shots" in c else ""
-        lines += [f"## {c['task']}{setting} / refinement {c['refine']}: {c['peft']} vs {c['reference']}{lrs}", ""]
+        lines += [f"## {_title(c)}", ""]
         rows = [
-            {"part": p["part"], "estimate": _fmt(p["estimate"]), "95% CI": "-" if p["ci_low"] is None else f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]",
-             "threshold": p["threshold"], "verdict": p["verdict"].upper(), "note": p["note"]}
+            {"part": p["part"], "estimate": _fmt(p["estimate"]),
+             "95% CI": "-" if p["ci_low"] is None else f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]",
+             "threshold": p["threshold"], "verdict": p["verdict_adjusted"].upper(), "unadjusted": p["verdict"],
+             "p (adj.)": f"{_p(p['p_value'])} ({_p(p['p_adjusted'])})", "note": p["note"]}
             for p in c["parts"]
         ]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+        if c.get("runs_at_other_lrs"):
+            lines += [f"{c['runs_at_other_lrs']} ok run(s) at other lrs not compared (each arm at its best validation lr).", ""]
+        if c["excluded"]:
+            lines += ["Runs not counted:", ""]
+            lines += [f"- {e['arm']} seed {e['seed']} ({e['run_id']}): {e['reason']}" for e in c["excluded"]]
+            lines += [""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunebench claim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
-    parser.add_argument("--margin", type=float, default=1.0, help="equivalence margin in accuracy points (default 1)")
+    parser.add_argument("--margin", type=float, default=1.0, help="non-inferiority margin in accuracy points (default 1)")
     parser.add_argument("--params-ratio", type=float, default=0.01, help="max trainable-params ratio (default 0.01)")
     parser.add_argument("--memory-factor", type=float, default=0.8, help="max peak-memory ratio PEFT/full (default 0.8)")
     parser.add_argument("--time-factor", type=float, default=0.8, help="max train-time ratio PEFT/full (default 0.8)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--adjust", choices=ADJUSTMENTS, default="holm",
+                        help="multiplicity adjustment over every test in the output (default holm)")
     parser.add_argument("--out", type=Path, default=None, help="results root for tables/ (default: two levels above SWEEP_DIR)")
     args = parser.parse_args(argv)
+    for flag, value in (("--margin", args.margin), ("--params-ratio", args.params_ratio),
+                        ("--memory-factor", args.memory_factor), ("--time-factor", args.time_factor)):
+        if not value > 0:
+            parser.error(f"{flag} {value:g}: expected a positive number")
     try:
         frame = load_frame(args.sweep_dir)
     except (FileNotFoundError, ValueError) as e:
         print(f"tunebench claim: {e}")
         return 2
-    comparisons = check(frame, args.margin, args.params_ratio, args.memory_factor, args.time_factor, args.bootstrap)
+    comparisons = check(frame, args.margin, args.params_ratio, args.memory_factor, args.time_factor, args.adjust)
     if not comparisons:
-        print(f"tunebench claim: no PEFT-vs-reference pair (PEFT vs {REFERENCE}, or vs method.claim_reference) with ok test results in {args.sweep_dir}")
+        print(f"tunebench claim: no PEFT arm (a method compared with {REFERENCE} or its method.claim_reference) in {args.sweep_dir}")
         return 2
-    text = to_markdown(comparisons, args.margin)
+    text = to_markdown(comparisons, args.margin, args.adjust)
     out = (args.out or args.sweep_dir.parent.parent) / "tables" / args.sweep_dir.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "claim.md").write_text(text + "\n")
-    (out / "claim.json").write_text(json.dumps(comparisons, indent=2) + "\n")
+    (out / "claim.json").write_text(json.dumps(comparisons, indent=2, default=_json_default) + "\n")
     print(text)
     print(f"-> {out / 'claim.md'}, {out / 'claim.json'}")
     return 0
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

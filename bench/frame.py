@@ -1,11 +1,18 @@
-"""Records of a sweep as one pandas DataFrame, one row per run."""
+"""Records of a sweep as one pandas DataFrame, one row per run.
+
+Each row also carries its **comparison** (everything in the run's semantic config but the arm and the
+seed: records that differ in model, data size, epochs, refinement knobs, ... are never pooled) and its
+**arm** (the method and its own knobs; lr and lr_scale are the arm's tuning, chosen on validation).
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from tunebench.record import iter_records
+from tunebench.record import NON_SEMANTIC_KEYS, iter_record_files
 
 CELL_KEYS = ["task", "refine", "method", "lr", "seed", "model"]
 METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct"]
@@ -19,8 +26,16 @@ COST_KEYS = [
     "params_trainable", "params_trainable_excl_head", "params_total", "trainable_pct", "training_state_bytes",
     "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes",
 ]
-GROUP_KEYS = ["task", "refine", "method", "lr"]
 SETTING_KEYS = ["ways", "shots"]  # few-shot runs: N-way K-shot settings are never averaged together
+# Method knobs that set the problem both arms are run on rather than the arm itself (few-shot task
+# shape and meta-test set, continual streams): they belong to the comparison, not to the arm.
+SETTING_KNOBS = ("ways", "shots", "query", "test_tasks", "meta_test_classes", "meta_val_classes",
+                 "class_split_seed", "rotations", "stream", "experiences", "class_order", "angles", "angle_step",
+                 "domain_tasks")
+# Method knobs that are the arm's tuning or bookkeeping, not its identity.
+ARM_TUNING = ("lr", "image_lr", "claim_reference")
+# Required in an ok record, as (section, field): the claim and the report cannot do without them.
+REQUIRED_OK = (("config", "method"), ("config", "seed"), ("cost", "params_trainable"))
 
 
 def setting_keys(frame: pd.DataFrame) -> list[str]:
@@ -28,10 +43,59 @@ def setting_keys(frame: pd.DataFrame) -> list[str]:
     return [k for k in SETTING_KEYS if k in frame and frame[k].notna().any()]
 
 
-def _row(record: dict) -> dict:
+def flatten(node, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def comparison_config(config: dict) -> dict:
+    """The flat semantic config of a run without its arm (method node, lr_scale) and seed."""
+    semantic = {k: v for k, v in config.items() if k not in (*NON_SEMANTIC_KEYS, "method", "seed", "hydra")}
+    flat = flatten(semantic)
+    flat.pop("train.lr_scale", None)
+    method = config.get("method") or {}
+    flat.update({f"method.{k}": method[k] for k in SETTING_KNOBS if k in method})
+    return flat
+
+
+def arm_config(config: dict) -> dict:
+    """The method's own knobs (name included) without its lr and the setting knobs."""
+    method = config.get("method") or {}
+    return flatten({k: v for k, v in method.items() if k not in (*ARM_TUNING, *SETTING_KNOBS)})
+
+
+def _key(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _check_fields(path: Path, record: dict) -> None:
+    """An ok record the claim and report cannot read fails here, naming the file and the field."""
+    if record["status"] != "ok":
+        return
+    for section, field in REQUIRED_OK:
+        node = record.get(section)
+        if not isinstance(node, dict) or node.get(field) is None:
+            raise ValueError(f"{path}: ok record has no {section}.{field} (a malformed or hand-edited record; "
+                             f"rerun its cell with force=true or remove the file)")
+    test_acc = (record.get("metrics") or {}).get("test_acc")
+    if test_acc is not None and not isinstance(test_acc, (int, float)):
+        raise ValueError(f"{path}: metrics.test_acc is {test_acc!r}, expected a number")
+
+
+def _row(path: Path, record: dict) -> dict:
+    _check_fields(path, record)
     cell, metrics, cost = record.get("cell") or {}, record.get("metrics") or {}, record.get("cost") or {}
     config = record.get("config") or {}
-    row = {"run_id": record["run_id"], "status": record["status"], "sweep": record.get("sweep")}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: config is {type(config).__name__}, expected a mapping")
+    compared, arm = comparison_config(config), arm_config(config)
+    row = {"run_id": record["run_id"], "status": record["status"], "sweep": record.get("sweep"), "path": str(path),
+           "comparison": _key(compared), "comparison_config": compared, "arm_key": _key(arm), "arm_config": arm}
     # A run that failed before its task loaded has no cell; fall back to its config.
     fallback = {
         "task": (config.get("data") or {}).get("name"), "refine": "?", "method": (config.get("method") or {}).get("name"),
@@ -40,6 +104,9 @@ def _row(record: dict) -> dict:
     row.update({k: cell.get(k, fallback[k]) for k in CELL_KEYS})
     row.update({k: metrics.get(k) for k in METRIC_KEYS + CONTINUAL_KEYS + CLIP_KEYS})
     row.update(fewshot_values(metrics))
+    for key in SETTING_KEYS:  # a failed few-shot run still belongs to its N-way K-shot setting
+        if row[key] is None:
+            row[key] = (config.get("method") or {}).get(key)
     # The arm `tunebench claim` compares this method with (method.claim_reference; None: "full").
     row["claim_reference"] = (config.get("method") or {}).get("claim_reference")
     row.update({k: cost.get(k) for k in COST_KEYS})
@@ -64,10 +131,38 @@ def slurm_job(env: dict) -> str | None:
 
 
 def load_frame(sweep_dir: Path) -> pd.DataFrame:
-    rows = [_row(r) for r in iter_records(Path(sweep_dir))]
+    rows = [_row(path, r) for path, r in iter_record_files(Path(sweep_dir))]
     if not rows:
         raise FileNotFoundError(f"no run records (*.json) under {sweep_dir}")
     frame = pd.DataFrame(rows)
     numeric = [k for k in METRIC_KEYS + CONTINUAL_KEYS + CLIP_KEYS + FEWSHOT_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    frame["configuration"] = frame["comparison"].map(differences(frame, "comparison", "comparison_config"))
+    frame["arm"] = arm_labels(frame)
     return frame
+
+
+def differences(frame: pd.DataFrame, key: str, flat: str) -> dict[str, str]:
+    """Name each distinct `key` by the flat config values that differ between them ("" if only one)."""
+    configs = frame.drop_duplicates(key).set_index(key)[flat].to_dict()
+    if len(configs) < 2:
+        return {k: "" for k in configs}
+    fields = sorted({f for c in configs.values() for f in c})
+    varying = [f for f in fields if len({json.dumps(c.get(f), sort_keys=True, default=str) for c in configs.values()}) > 1]
+    return {k: ", ".join(f"{f}={_short(c.get(f, '-'))}" for f in varying) for k, c in configs.items()}
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def arm_labels(frame: pd.DataFrame) -> pd.Series:
+    """The method name, plus its knobs where one comparison holds the same method with different knobs
+    (`lora[r=16]` beside `lora[r=8]`)."""
+    labels = frame["method"].astype(str).copy()
+    for _, group in frame.groupby(["comparison", "method"], dropna=False):
+        if group["arm_key"].nunique() > 1:
+            named = differences(group, "arm_key", "arm_config")
+            labels.loc[group.index] = [f"{m}[{named[k]}]" for m, k in zip(group["method"], group["arm_key"])]
+    return labels

@@ -75,15 +75,21 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def iter_records(sweep_dir: Path) -> Iterator[dict]:
-    """Every record under sweep_dir (recursively); temp files of interrupted writes are ignored."""
+def iter_record_files(sweep_dir: Path) -> Iterator[tuple[Path, dict]]:
+    """(path, record) for every record under sweep_dir (recursively); temp files of interrupted writes are ignored."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
     for path in sorted(sweep_dir.rglob("*.json")):
         # dot names: temp files of interrupted writes, the .cells/ manifest of launched cells
         if not any(part.startswith(".") for part in path.relative_to(sweep_dir).parts):
-            yield read_record(path)
+            yield path, read_record(path)
+
+
+def iter_records(sweep_dir: Path) -> Iterator[dict]:
+    """Every record under sweep_dir (recursively); temp files of interrupted writes are ignored."""
+    for _, record in iter_record_files(sweep_dir):
+        yield record
 
 
 def existing_status(sweep_dir: Path, rid: str) -> str | None:

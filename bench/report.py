@@ -1,7 +1,9 @@
 """`tunebench report SWEEP_DIR`: comparison tables (Markdown, CSV, LaTeX) and plots from the records.
 
-Rows are (task, refinement, method, lr), with mean +- std over seeds of accuracy and macro-F1 and
-the mean cost columns. Failed / diverged runs are counted, never averaged in. When the sweep has
+Rows are (configuration, task, refinement, method, lr), with mean +- std over seeds of accuracy and
+macro-F1 and the mean cost columns. A configuration is everything in the runs' config but the method
+and the seed (as in `tunebench claim`): runs of two models or two data sizes are never averaged
+together, and the `configuration` column names what differs. Failed / diverged runs are counted, never averaged in. When the sweep has
 continual-learning runs, their average accuracy, forgetting and backward transfer (BWT) get columns too,
 as do CLIP runs' zero-shot accuracy and image->text / text->image recall@1 and @5;
 when it has few-shot runs, rows are split by N-way K-shot setting and show the meta-test accuracy
@@ -16,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import CLIP_KEYS, CONTINUAL_KEYS, GROUP_KEYS, load_frame, setting_keys
+from tunebench.frame import CLIP_KEYS, CONTINUAL_KEYS, load_frame, setting_keys
+
+# One row per configuration, task, refinement, arm (the method, with its knobs where they differ) and lr.
+GROUP_KEYS = ["comparison", "configuration", "task", "refine", "method", "lr"]
 
 STAT_COLUMNS = {"test_acc": "acc", "test_macro_f1": "macro_f1"}
 CONTINUAL_COLUMNS = {"avg_acc": "avg acc", "forgetting": "forgetting", "bwt": "BWT"}  # shown when any run has them
@@ -29,7 +34,8 @@ COST_COLUMNS = {
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, refine, method, lr): seeds, failures, mean / std of scores, mean costs."""
+    """One row per (configuration, task, refine, method, lr): seeds, failures, mean / std of scores, mean costs."""
+    frame = frame.assign(method=frame["arm"])
     ok = frame[frame.status == "ok"]
     keys = GROUP_KEYS + setting_keys(frame)
     groups = frame.groupby(keys, dropna=False, sort=True)
@@ -70,10 +76,11 @@ def _setting(ways, shots) -> str:
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable columns for Markdown / LaTeX (the CSV keeps the raw numbers)."""
-    out = table[GROUP_KEYS + ["seeds_ok", "not_ok"]].copy()
+    shown = [k for k in GROUP_KEYS if k != "comparison" and (k != "configuration" or table[k].astype(bool).any())]
+    out = table[shown + ["seeds_ok", "not_ok"]].copy()
     out["lr"] = out["lr"].map(lambda v: f"{v:.1e}")
     if "meta_test_acc_mean" in table:  # few-shot: the setting, then meta-test accuracy ± 95% CI over tasks
-        out.insert(3, "setting", [_setting(w, s) for w, s in zip(table.ways, table.shots)])
+        out.insert(shown.index("method"), "setting", [_setting(w, s) for w, s in zip(table.ways, table.shots)])
         out["meta-test acc ± 95% CI"] = [_pm(m, h) for m, h in zip(table.meta_test_acc_mean, table.meta_test_ci95_half)]
         out["tasks"] = table.meta_test_tasks.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
     out["acc"] = [_pm(m, s) for m, s in zip(table.acc_mean, table.acc_std)]
@@ -106,7 +113,7 @@ def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     written = []
     data = table.dropna(subset=["acc_mean"])
     axes_spec = [("trainable_params", "trainable parameters (log)", True), ("peak_mem_mb", "peak memory over baseline (MB)", False)]
-    for (task, refine), group in data.groupby(["task", "refine"]):
+    for (configuration, task, refine), group in data.groupby(["configuration", "task", "refine"]):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for ax, (column, label, log_x) in zip(axes, axes_spec):
             g = group.dropna(subset=[column])
@@ -122,13 +129,18 @@ def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.set_ylabel("test accuracy (mean ± std over seeds)")
             ax.grid(alpha=0.3)
             ax.legend(loc="lower right")
-        fig.suptitle(f"{task} — refinement: {refine}")
+        fig.suptitle(f"{task} — refinement: {refine}" + (f" — {configuration}" if configuration else ""))
         fig.tight_layout()
-        path = out_dir / f"{task}__{refine}__accuracy_vs_cost.png"
+        suffix = f"__{_slug(configuration)}" if configuration else ""
+        path = out_dir / f"{task}__{refine}{suffix}__accuracy_vs_cost.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text)[:80]
 
 
 def write_report(sweep_dir: Path, out_root: Path | None = None) -> dict:

@@ -218,17 +218,16 @@ def test_text_few_shot_methods_run_and_claim_pairs_fs_lora_with_fs_full(tmp_path
     assert lora["metrics"]["meta_test_tasks"] == 12 and len(lora["metrics"]["test_correct"]) == 12 * 25
     assert lora["cost"]["params_trainable"] < full["cost"]["params_trainable"] / 5
     assert len(records[("maml", 0)]["metrics"]["fewshot"]["meta_train_classes"]) == 30
-    comparisons = check(load_frame(tmp_path / "results" / "runs" / "t"), margin=1.0, params_ratio=0.01,
-                        memory_factor=0.8, time_factor=0.8, n_boot=200)
+    comparisons = check(load_frame(tmp_path / "results" / "runs" / "t"))
     [entry] = comparisons  # maml, fs_probe and fs_full are no PEFT arms (claim_reference: none)
     assert (entry["peft"], entry["reference"], entry["seeds"], entry["ways"], entry["shots"]) == ("fs_lora", "fs_full", [0, 1], 5, 1)
-    assert "two-level bootstrap (seeds, then 12 meta-test tasks)" in entry["parts"][0]["note"]
+    assert "2 seeds x 12 shared meta-test tasks" in entry["parts"][0]["note"]
 
 
-def test_claim_bootstrap_resamples_few_shot_tasks_not_single_query_predictions():
+def test_claim_interval_counts_few_shot_tasks_not_single_query_predictions():
     import pandas as pd
 
-    from tunebench.claim import bootstrap_accuracy_diff
+    from tunebench.claim import accuracy_part
 
     rng = np.random.default_rng(0)
     tasks, per_task = 40, 25
@@ -239,13 +238,14 @@ def test_claim_bootstrap_resamples_few_shot_tasks_not_single_query_predictions()
                              "test_correct": ["".join("1" if c else "0" for c in o) for o in outcomes]})
 
     peft, full = arm(0.5), arm(0.5)
-    est, low, high, how = bootstrap_accuracy_diff(peft, full, 2000, np.random.default_rng(1))
-    assert how == f"two-level bootstrap (seeds, then {tasks} meta-test tasks)" and low < est < high
-    by_example = bootstrap_accuracy_diff(peft.drop(columns="meta_test_tasks"), full.drop(columns="meta_test_tasks"),
-                                         2000, np.random.default_rng(1))
-    assert by_example[3] == f"two-level bootstrap (seeds, then {tasks * per_task} test examples)"
+    by_task = accuracy_part(peft, full, margin=1.0)
+    assert f"2 seeds x {tasks} shared meta-test tasks" in by_task.note and by_task.ci_low < by_task.estimate < by_task.ci_high
+    by_example = accuracy_part(peft.drop(columns="meta_test_tasks"), full.drop(columns="meta_test_tasks"), margin=1.0)
+    assert f"2 seeds x {tasks * per_task} shared test examples" in by_example.note
     # 25 perfectly correlated predictions per task carry the information of one: the CI is ~5x wider
-    assert (high - low) / (by_example[2] - by_example[1]) == pytest.approx(np.sqrt(per_task), rel=0.35)
+    # (a little more: 39 task-level df against ~1,000 example-level df)
+    ratio = (by_task.ci_high - by_task.ci_low) / (by_example.ci_high - by_example.ci_low)
+    assert ratio == pytest.approx(np.sqrt(per_task), rel=0.25)
 
 
 def test_encoder_methods_refuse_images_and_training_split_refinements(tmp_path, monkeypatch):
