@@ -19,7 +19,7 @@ from tunebench import RECORD_SCHEMA_VERSION
 
 # Top-level config keys that do not change what a run computes: they are left out of the run id,
 # so moving results, switching loggers or launchers, or forcing a rerun keeps the same id.
-NON_SEMANTIC_KEYS = ("logger", "paths", "force", "sweep", "threads", "launcher")
+NON_SEMANTIC_KEYS = ("logger", "paths", "force", "sweep", "threads", "launcher", "cell_process")
 STATUSES = ("ok", "failed", "diverged", "awaiting_labels")  # awaiting_labels: a human oracle has queries to label
 TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "hydra-core", "numpy", "pandas", "scikit-learn",
@@ -111,6 +111,36 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine() -> dict:
+    """What makes a number machine-dependent: the CPU, the instruction set torch dispatches to, the
+    BLAS it calls, and how many threads it uses (float reductions differ across any of these)."""
+    import re
+
+    import torch
+
+    build = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", build)
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": blas.group(1) if blas else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+
+
 def environment(device: str) -> dict:
     versions = {}
     for name in TRACKED_PACKAGES:
@@ -127,6 +157,7 @@ def environment(device: str) -> dict:
         "host": socket.gethostname(),
         "device": device,
         "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),

@@ -86,8 +86,12 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
         record["cost"] = meter.summary()
 
 
-def run_cell(cfg: DictConfig) -> str:
-    """Run one cell and write its record; returns the status ('ok', 'failed', 'diverged', 'skipped')."""
+def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
+    """Run one cell and write its record; returns the status ('ok', 'failed', 'diverged', 'skipped').
+
+    In a local multirun the cell runs in a child process (tunebench.cell: peak memory that does not
+    depend on which cells ran before); `in_child` marks that child."""
+    from tunebench import cell
     from tunebench.datasets.refine import AwaitingLabels
     from tunebench.methods import Diverged
 
@@ -100,6 +104,8 @@ def run_cell(cfg: DictConfig) -> str:
     if not cfg.force and rec.existing_status(path.parent, rid) == "ok":
         log.info("skip %s (%s seed %s): ok record exists at %s", rid, cfg.method.name, cfg.seed, path)
         return "skipped"
+    if not in_child and cell.wanted(cfg):
+        return cell.run_in_child(cfg, config, rid, path)
     record = rec.new_record(config, rid, str(cfg.sweep))
     record["env"] = rec.environment(_device(cfg))  # first, so that even an early failure names its job
     logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))

@@ -110,3 +110,20 @@ def test_wandb_logger_runs_offline(tmp_path):
     assert record["status"] == "ok"
     offline_runs = list((tmp_path / "results" / "wandb" / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+
+def test_peak_memory_does_not_depend_on_the_cells_before_it(tmp_path):
+    """Each cell of a local multirun runs in its own process with a fixed malloc mmap threshold, so a LoRA
+    cell measures the same peak alone and after a full fine-tuning cell (in one shared process, without the
+    fixed threshold, the first cell of a sweep measured up to 12x the others)."""
+    alone = run_tunebench(["run", "-m", "method=lora", "seed=0", *TINY, "sweep=alone"], tmp_path)
+    after = run_tunebench(["run", "-m", "method=full,lora", "seed=0", *TINY, "sweep=after"], tmp_path)
+    assert alone.returncode == 0 and after.returncode == 0, (alone.stderr + after.stderr)[-3000:]
+    [first] = run_records(tmp_path, "alone")
+    second = next(r for r in run_records(tmp_path, "after") if r["cell"]["method"] == "lora")
+    assert first["run_id"] == second["run_id"]  # the same cell
+    a, b = first["cost"]["peak_memory_mb"], second["cost"]["peak_memory_mb"]
+    assert abs(a - b) / a < 0.08, (a, b)
+    assert first["cost"]["malloc_mmap_threshold"] == 4 * 1024 * 1024
+    machine = first["env"]["machine"]
+    assert machine["cpu_model"] and machine["blas"] and machine["torch_cpu_capability"] and machine["torch_threads"] >= 1
