@@ -10,9 +10,12 @@ commands:
   run [hydra overrides]   run one cell or a sweep (-m), e.g. tunebench run -m experiment=quick
                           (tunebench run --help shows the config groups and options)
   report SWEEP_DIR        tables (md, csv, tex) and plots from the records of a sweep
-  claim SWEEP_DIR         the PEFT-claim verdict per task and refinement, with bootstrap CIs
+  claim SWEEP_DIR         the PEFT-claim verdicts, one comparison per configuration (t-intervals, Holm-adjusted)
   status SWEEP_DIR        every cell as ok / failed / diverged, with its error; exit 1 unless all ok
   artefacts SWEEP_DIR     cached refinement artefacts: built once by which run, reused by how many
+  publish SWEEP_DIR       tables, claim and a copy of every record into results/published/<sweep>/
+  docs [--check]          refill the README's published blocks from results/published/ (--check: exit 1 if stale)
+  calibrate               the claim's error rates and power by simulation -> results/published/calibration/
   perf                    harness overhead and LoRA/full step-time benchmark
 
 `tunebench <command> --help` gives each command's options.
@@ -30,13 +33,16 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv = ["tunebench run", *rest]
         return run.main()
-    handlers = {"report": "tunebench.report", "claim": "tunebench.claim", "status": "tunebench.status", "artefacts": "tunebench.artefacts", "perf": "tunebench.perf"}
+    handlers = {"report": "tunebench.report", "claim": "tunebench.claim", "status": "tunebench.status", "artefacts": "tunebench.artefacts",
+                "publish": "tunebench.publish", "docs": "tunebench.publish:docs_main", "calibrate": "tunebench.calibration",
+                "perf": "tunebench.perf"}
     if command not in handlers:
         print(f"tunebench: unknown command {command!r}; commands: run, {', '.join(handlers)}", file=sys.stderr)
         return 2
     import importlib
 
-    return importlib.import_module(handlers[command]).main(rest)
+    module, _, function = handlers[command].partition(":")
+    return getattr(importlib.import_module(module), function or "main")(rest)
 
 
 def entry() -> None:

@@ -143,26 +143,31 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text)[:80]
 
 
-def write_report(sweep_dir: Path, out_root: Path | None = None) -> dict:
-    sweep_dir = Path(sweep_dir)
-    out_root = Path(out_root) if out_root else sweep_dir.parent.parent
-    tables_dir, plots_dir = out_root / "tables" / sweep_dir.name, out_root / "plots" / sweep_dir.name
+def write_tables(frame: pd.DataFrame, tables_dir: Path, caption: str) -> dict:
+    """results.md / .csv / .tex in tables_dir; returns the table, its Markdown and the paths."""
     tables_dir.mkdir(parents=True, exist_ok=True)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    frame = load_frame(sweep_dir)
     table = summarize(frame)
     shown = display_table(table)
     markdown = shown.to_markdown(index=False, disable_numparse=True)
     paths = {"md": tables_dir / "results.md", "csv": tables_dir / "results.csv", "tex": tables_dir / "results.tex"}
     paths["md"].write_text(markdown + "\n")
-    table.to_csv(paths["csv"], index=False)
+    table.drop(columns=["comparison"]).to_csv(paths["csv"], index=False)
     paths["tex"].write_text(
-        shown.style.hide(axis="index").to_latex(
-            hrules=True, caption=f"tunebench sweep {sweep_dir.name}: test accuracy and cost (mean ± std over seeds)"
-        ).replace("±", r"$\pm$").replace("%", r"\%")
+        shown.style.hide(axis="index").to_latex(hrules=True, caption=f"{caption}: test accuracy and cost (mean ± std over seeds)")
+        .replace("±", r"$\pm$").replace("%", r"\%")
     )
-    paths["plots"] = plot(table, plots_dir)
-    return {"table": table, "markdown": markdown, "paths": paths, "runs": len(frame)}
+    return {"table": table, "markdown": markdown, "paths": paths}
+
+
+def write_report(sweep_dir: Path, out_root: Path | None = None) -> dict:
+    sweep_dir = Path(sweep_dir)
+    out_root = Path(out_root) if out_root else sweep_dir.parent.parent
+    plots_dir = out_root / "plots" / sweep_dir.name
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    frame = load_frame(sweep_dir)
+    result = write_tables(frame, out_root / "tables" / sweep_dir.name, f"tunebench sweep {sweep_dir.name}")
+    result["paths"]["plots"] = plot(result["table"], plots_dir)
+    return {**result, "runs": len(frame)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,12 @@ def test_label_outside_declared_classes_names_the_row(tmp_path):
 
 def test_help_lists_commands_and_config_groups(tmp_path):
     out = run_tunebench(["--help"], tmp_path)
-    assert out.returncode == 0 and all(c in out.stdout for c in ("run", "report", "claim", "status", "perf"))
+    assert out.returncode == 0
+    assert all(f"\n  {c} " in out.stdout for c in ("run", "report", "claim", "status", "publish", "docs", "calibrate", "perf"))
+    out = run_tunebench(["docs", "--check", "--repo", str(tmp_path)], tmp_path)  # an empty folder: nothing to refill
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_tunebench(["claim", str(tmp_path), "--adjust", "sidak"], tmp_path)
+    assert out.returncode == 2 and "invalid choice: 'sidak'" in out.stderr
     out = run_tunebench(["run", "--help"], tmp_path)
     assert out.returncode == 0
     assert ("method: cl_ewc, cl_joint, cl_lora, cl_lwf, cl_naive, cl_replay, clip_full, clip_lock_image, clip_lock_text, "

@@ -1,0 +1,194 @@
+"""`tunebench publish SWEEP_DIR` and `tunebench docs`: published results and the docs that show them.
+
+`publish` writes everything the project stands behind for one sweep into `results/published/<sweep>/`:
+the report tables (results.md / .csv / .tex), the claim (claim.md / .json and a one-table summary,
+claim_summary.md), what each refinement did (refinements.md, for sweeps over refinements), the cached-artefact list (artefacts.md, when the sweep used any) and a copy of every
+record (records/<run_id>.json), so each published number can be traced to the runs, their configs and
+the machines that made them (record `env.machine`).
+
+`docs` regenerates every block of README.md (and docs/*.md) fenced by
+
+    <!-- published: <sweep>/<file> -->
+    ...
+    <!-- /published -->
+
+from that file under results/published/, so the docs never carry a number typed by hand.
+`docs --check` changes nothing and exits 1 when a block differs from its file (the test suite runs it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+PUBLISHED = Path("results/published")
+BLOCK = re.compile(r"(<!-- published: (?P<source>[^ ]+) -->\n)(?P<body>.*?)(<!-- /published -->)", re.S)
+VERDICT_PARTS = {"accuracy": "accuracy, pt", "trainable params": "trainable params", "peak memory": "peak memory ratio",
+                 "train time": "train time ratio"}
+
+
+def _cell(part: dict) -> str:
+    if part["verdict"] == "no data":
+        return "no data"
+    digits = 2 if part["part"].startswith("accuracy") else 3
+    value = "-" if part["estimate"] is None else f"{part['estimate']:+.{digits}f}" if digits == 2 else f"{part['estimate']:.{digits}f}"
+    ci = "" if part["ci_low"] is None else f" [{part['ci_low']:.{digits}f}, {part['ci_high']:.{digits}f}]"
+    unadjusted = "" if part["verdict"] == part["verdict_adjusted"] else f" (unadjusted: {part['verdict']})"
+    return f"{value}{ci}: **{part['verdict_adjusted']}**{unadjusted}"
+
+
+def claim_summary(comparisons: list[dict]) -> str:
+    """One row per comparison, one column per part: estimate [95% CI]: adjusted verdict."""
+    header = ["comparison", *VERDICT_PARTS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in comparisons:
+        parts = {p["part"].split(" (")[0]: p for p in c["parts"]}
+        setting = f" {c['ways']}-way {c['shots']}-shot" if "ways" in c else ""
+        config = f" [{c['configuration']}]" if c.get("configuration") else ""
+        name = f"{c['task']}{setting} / {c['refine']}{config}: {c['peft']} vs {c['reference']}"
+        seeds = f" ({len(c['seeds'])} seeds)" if c.get("seeds") else ""
+        if "all" in parts:
+            cells = [_cell(parts["all"])] + ["-"] * (len(VERDICT_PARTS) - 1)
+        else:
+            cells = [_cell(parts[k]) if k in parts else "-" for k in VERDICT_PARTS]
+        lines.append("| " + " | ".join([name + seeds, *cells]) + " |")
+    return "\n".join(lines)
+
+
+SKIPPED_REPORT_KEYS = ("cache_key", "cache_built", "cache_path", "path", "seed", "curve", "schema", "model")
+
+
+def _report_facts(report: dict, limit: int = 10) -> str:
+    """A refinement report's scalar facts, `key: value` (cache bookkeeping and long values left out)."""
+    from tunebench.frame import flatten
+
+    facts = []
+    for key, value in flatten(report).items():
+        if any(part in key for part in SKIPPED_REPORT_KEYS) or key == "name" or isinstance(value, (list, dict)) or value is None:
+            continue
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        elif isinstance(value, str) and len(value) > 30:
+            continue
+        facts.append(f"{key}: {value}")
+    return "; ".join(facts[:limit]) + ("; ..." if len(facts) > limit else "")
+
+
+def refinement_summary(frame) -> str:
+    """What each refinement chain did, from one ok record per chain (the refinements are seeded by their
+    own `refine.<name>.seed`, so every method and seed of a chain shares them): training-set size and the
+    report's facts."""
+    lines = ["| refinement | train size | what it did (the record's report) |", "|---|---|---|"]
+    ok = frame[frame.status == "ok"].sort_values(["refine", "seed", "method"])
+    for refine, group in ok.groupby("refine", sort=True):
+        record = json.loads(Path(group.iloc[0].path).read_text())
+        size = (record.get("task") or {}).get("sizes", {}).get("train", "-")
+        reports = [r for r in record.get("refinements") or [] if r.get("name") != "none"]
+        facts = " / ".join(f"{r.get('name')}: {_report_facts(r)}" for r in reports) or "-"
+        lines.append(f"| {refine} | {size} | {facts} |")
+    return "\n".join(lines)
+
+
+def publish(sweep_dir: Path, dest: Path) -> list[Path]:
+    from tunebench.artefacts import artefact_frame, summarize
+    from tunebench.claim import check, to_markdown
+    from tunebench.frame import load_frame
+    from tunebench.report import write_tables
+
+    sweep_dir, dest = Path(sweep_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    frame = load_frame(sweep_dir)  # fails naming a malformed record before anything is written
+    written = list(write_tables(frame, dest, f"tunebench sweep {sweep_dir.name}")["paths"].values())
+    comparisons = check(frame)
+    if comparisons:
+        (dest / "claim.md").write_text(to_markdown(comparisons, 1.0, "holm") + "\n")
+        (dest / "claim.json").write_text(json.dumps(comparisons, indent=2, default=_plain) + "\n")
+        (dest / "claim_summary.md").write_text(claim_summary(comparisons) + "\n")
+        written += [dest / "claim.md", dest / "claim.json", dest / "claim_summary.md"]
+    if frame["refine"].nunique() > 1:
+        (dest / "refinements.md").write_text(refinement_summary(frame) + "\n")
+        written.append(dest / "refinements.md")
+    uses = summarize(artefact_frame(sweep_dir))
+    if not uses.empty:
+        (dest / "artefacts.md").write_text(uses.to_markdown(index=False) + "\n")
+        written.append(dest / "artefacts.md")
+    records = dest / "records"
+    shutil.rmtree(records, ignore_errors=True)
+    records.mkdir()
+    for path in frame["path"]:
+        shutil.copy2(path, records / Path(path).name)
+    written.append(records)
+    return written
+
+
+def _plain(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def render(text: str, root: Path) -> tuple[str, list[str]]:
+    """The text with every published block refilled from its file; and the blocks whose file is missing."""
+    missing = []
+
+    def fill(match: re.Match) -> str:
+        source = root / match["source"]
+        if not source.is_file():
+            missing.append(match["source"])
+            return match.group(0)
+        return match.group(1) + source.read_text().rstrip("\n") + "\n" + match.group(4)
+
+    return BLOCK.sub(fill, text), missing
+
+
+def doc_files(repo: Path) -> list[Path]:
+    return [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
+
+
+def docs(repo: Path, check: bool) -> int:
+    root = repo / PUBLISHED
+    stale, status = [], 0
+    for path in doc_files(repo):
+        if not path.exists():
+            continue
+        text = path.read_text()
+        new, missing = render(text, root)
+        for source in missing:
+            print(f"{path}: published block names {source}, which is not under {root}")
+            status = 1
+        if new != text:
+            stale.append(path)
+            if not check:
+                path.write_text(new)
+    for path in stale:
+        print(f"{path}: {'differs from results/published (run: tunebench docs)' if check else 'updated'}")
+        status = 1 if check else status
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunebench publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
+    parser.add_argument("--to", type=Path, default=None, help="destination (default: results/published/<sweep name>)")
+    args = parser.parse_args(argv)
+    try:
+        written = publish(args.sweep_dir, args.to or PUBLISHED / args.sweep_dir.name)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"tunebench publish: {e}")
+        return 2
+    for path in written:
+        print(f"-> {path}")
+    return 0
+
+
+def docs_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunebench docs", description="Refill the README's (and docs/*.md's) published "
+                                     "blocks from results/published/; --check only reports blocks that differ (exit 1).")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs from its file")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the checkout (default: .)")
+    args = parser.parse_args(argv)
+    return docs(args.repo, args.check)

@@ -1,0 +1,60 @@
+"""Published results: a sweep's tables, claim and records in one folder; docs blocks refilled from them."""
+import json
+from pathlib import Path
+
+from tunebench.publish import docs, publish
+
+from .test_report_claim import paired_strings, write_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_publish_writes_tables_claim_and_every_record(tmp_path):
+    sweep = tmp_path / "runs" / "s"
+    peft, full = paired_strings(600, 100, 133)
+    for seed in range(3):
+        write_run(sweep, "full", seed, 0.733, lr=1e-4, trainable=22_000_000, correct=full, memory=1000 + seed)
+        write_run(sweep, "lora", seed, 0.700, correct=peft, memory=700 + seed)
+    failed = write_run(sweep, "lora", 3, 0.0, status="failed")
+    dest = tmp_path / "published" / "s"
+    publish(sweep, dest)
+    assert sorted(p.name for p in (dest / "records").iterdir()) == sorted(p.name for p in sweep.glob("*.json"))
+    assert f"{failed}" in (dest / "claim.md").read_text()
+    [row] = [line for line in (dest / "claim_summary.md").read_text().splitlines() if line.startswith("| rt")]
+    assert row.startswith("| rt / none: lora vs full (3 seeds) | -3.30 [")
+    assert ": **inconclusive** |" in row and "0.700 [" in row  # memory ratio 0.70, its CI, the verdict
+    comparisons = json.loads((dest / "claim.json").read_text())
+    assert comparisons[0]["parts"][0]["verdict_adjusted"] == "inconclusive"
+    assert "| lora " in (dest / "results.md").read_text() and (dest / "results.tex").exists()
+
+
+def test_docs_refills_published_blocks_and_check_reports_stale_ones(tmp_path, capsys):
+    (tmp_path / "results" / "published" / "s").mkdir(parents=True)
+    (tmp_path / "results" / "published" / "s" / "results.md").write_text("| a |\n|---|\n| 1 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- published: s/results.md -->\n| a |\n|---|\n| 0 |\n<!-- /published -->\nend\n")
+    assert docs(tmp_path, check=True) == 1
+    assert "differs from results/published" in capsys.readouterr().out
+    assert readme.read_text().count("| 0 |") == 1  # --check changes nothing
+    assert docs(tmp_path, check=False) == 0
+    assert readme.read_text() == "intro\n<!-- published: s/results.md -->\n| a |\n|---|\n| 1 |\n<!-- /published -->\nend\n"
+    assert docs(tmp_path, check=True) == 0
+    readme.write_text("<!-- published: s/nope.md -->\nx\n<!-- /published -->\n")
+    assert docs(tmp_path, check=True) == 1 and "names s/nope.md, which is not under" in capsys.readouterr().out
+
+
+def test_readme_tables_equal_their_published_files(capsys):
+    status = docs(REPO, check=True)
+    assert status == 0, capsys.readouterr().out
+    assert "<!-- published: " in (REPO / "README.md").read_text()
+
+
+def test_published_claims_come_with_their_records():
+    for claim in sorted((REPO / "results" / "published").glob("*/claim.json")):
+        records = claim.parent / "records"
+        assert records.is_dir(), f"{claim.parent.name}: published claim without its records"
+        run_ids = {p.stem for p in records.glob("*.json")}
+        for comparison in json.loads(claim.read_text()):
+            assert comparison.get("seeds"), f"{claim}: {comparison['peft']} has no paired seeds"
+            assert len(comparison["seeds"]) >= 3, f"{claim}: {comparison['peft']} vs {comparison['reference']} on fewer than 3 seeds"
+        assert run_ids, claim
