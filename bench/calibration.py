@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=10000, help="simulated studies per scenario (default 10000)")
     parser.add_argument("--out", type=Path, default=Path("results/published/calibration"), help="folder for calibration.{md,json}")
     args = parser.parse_args(argv)
+    if args.studies < 100:
+        parser.error(f"--studies {args.studies}: expected at least 100 (rates from fewer studies are mostly Monte-Carlo noise)")
     from tqdm import tqdm
 
     results = [calibrate(s) for s in tqdm(scenarios(args.studies), desc="scenarios")]
