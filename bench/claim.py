@@ -302,17 +302,24 @@ def main(argv: list[str] | None = None) -> int:
     if not comparisons:
         print(f"tunebench claim: no PEFT arm (a method compared with {REFERENCE} or its method.claim_reference) in {args.sweep_dir}")
         return 2
-    text = to_markdown(comparisons, args.margin, args.adjust)
     out = (args.out or args.sweep_dir.parent.parent) / "tables" / args.sweep_dir.name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "claim.md").write_text(text + "\n")
-    (out / "claim.json").write_text(json.dumps(comparisons, indent=2, default=_json_default) + "\n")
+    text, paths = write_claim(comparisons, out, args.margin, args.adjust)
     print(text)
-    print(f"-> {out / 'claim.md'}, {out / 'claim.json'}")
+    print("-> " + ", ".join(map(str, paths)))
     return 0
 
 
-def _json_default(value):
+def write_claim(comparisons: list[dict], out: Path, margin: float, adjust_method: str) -> tuple[str, list[Path]]:
+    """claim.md and claim.json in `out`; returns the Markdown and the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = to_markdown(comparisons, margin, adjust_method)
+    (out / "claim.md").write_text(text + "\n")
+    (out / "claim.json").write_text(json.dumps(comparisons, indent=2, default=json_default) + "\n")
+    return text, [out / "claim.md", out / "claim.json"]
+
+
+def json_default(value):
+    """numpy scalars in the comparisons as plain JSON numbers."""
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

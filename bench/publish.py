@@ -93,7 +93,7 @@ def refinement_summary(frame) -> str:
 
 def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     from tunebench.artefacts import artefact_frame, summarize
-    from tunebench.claim import check, to_markdown
+    from tunebench.claim import check, write_claim
     from tunebench.frame import load_frame
     from tunebench.report import write_tables
 
@@ -103,10 +103,9 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     written = list(write_tables(frame, dest, f"tunebench sweep {sweep_dir.name}")["paths"].values())
     comparisons = check(frame)
     if comparisons:
-        (dest / "claim.md").write_text(to_markdown(comparisons, 1.0, "holm") + "\n")
-        (dest / "claim.json").write_text(json.dumps(comparisons, indent=2, default=_plain) + "\n")
+        written += write_claim(comparisons, dest, 1.0, "holm")[1]
         (dest / "claim_summary.md").write_text(claim_summary(comparisons) + "\n")
-        written += [dest / "claim.md", dest / "claim.json", dest / "claim_summary.md"]
+        written.append(dest / "claim_summary.md")
     if frame["refine"].nunique() > 1:
         (dest / "refinements.md").write_text(refinement_summary(frame) + "\n")
         written.append(dest / "refinements.md")
@@ -121,14 +120,6 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
         shutil.copy2(path, records / Path(path).name)
     written.append(records)
     return written
-
-
-def _plain(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def render(text: str, root: Path) -> tuple[str, list[str]]:
