@@ -232,10 +232,11 @@ def test_claim_interval_counts_few_shot_tasks_not_single_query_predictions():
     rng = np.random.default_rng(0)
     tasks, per_task = 40, 25
 
-    def arm(p_task):  # every query of a task right or wrong together: the extreme of within-task correlation
-        outcomes = [np.repeat(rng.random(tasks) < p_task, per_task) for _ in range(2)]
-        return pd.DataFrame({"test_acc": [o.mean() for o in outcomes], "meta_test_tasks": [tasks] * 2,
-                             "test_correct": ["".join("1" if c else "0" for c in o) for o in outcomes]})
+    def arm(p_task):  # every query of a task right or wrong together: the extreme of within-task correlation;
+        # the same outcomes in both seeds, so only the shared tasks vary (no seed noise to mask them)
+        outcome = np.repeat(rng.random(tasks) < p_task, per_task)
+        return pd.DataFrame({"test_acc": [outcome.mean()] * 2, "meta_test_tasks": [tasks] * 2,
+                             "test_correct": ["".join("1" if c else "0" for c in outcome)] * 2})
 
     peft, full = arm(0.5), arm(0.5)
     by_task = accuracy_part(peft, full, margin=1.0)
@@ -243,7 +244,7 @@ def test_claim_interval_counts_few_shot_tasks_not_single_query_predictions():
     by_example = accuracy_part(peft.drop(columns="meta_test_tasks"), full.drop(columns="meta_test_tasks"), margin=1.0)
     assert f"2 seeds x {tasks * per_task} shared test examples" in by_example.note
     # 25 perfectly correlated predictions per task carry the information of one: the CI is ~5x wider
-    # (a little more: 39 task-level df against ~1,000 example-level df)
+    # (a little more: 39 task-level df against 999 example-level df)
     ratio = (by_task.ci_high - by_task.ci_low) / (by_example.ci_high - by_example.ci_low)
     assert ratio == pytest.approx(np.sqrt(per_task), rel=0.25)
 
