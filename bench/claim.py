@@ -205,12 +205,11 @@ class Settings:
     params_ratio: float = 0.01
     memory_factor: float = 0.8
     time_factor: float = 0.8
-    adjust: str = "holm"
 
 
 def check(frame: pd.DataFrame, margin: float = 1.0, params_ratio: float = 0.01, memory_factor: float = 0.8,
           time_factor: float = 0.8, adjust_method: str = "holm") -> list[dict]:
-    args = Settings(margin, params_ratio, memory_factor, time_factor, adjust_method)
+    args = Settings(margin, params_ratio, memory_factor, time_factor)
     scored = frame[(frame.status == "ok") & frame.test_acc.notna()]
     best = best_lr_runs(scored)
     comparisons = []
