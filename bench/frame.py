@@ -93,22 +93,23 @@ def _row(path: Path, record: dict) -> dict:
     config = record.get("config") or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: config is {type(config).__name__}, expected a mapping")
+    method = config.get("method") or {}
     compared, arm = comparison_config(config), arm_config(config)
     row = {"run_id": record["run_id"], "status": record["status"], "sweep": record.get("sweep"), "path": str(path),
            "comparison": _key(compared), "comparison_config": compared, "arm_key": _key(arm), "arm_config": arm}
     # A run that failed before its task loaded has no cell; fall back to its config.
     fallback = {
-        "task": (config.get("data") or {}).get("name"), "refine": "?", "method": (config.get("method") or {}).get("name"),
-        "lr": (config.get("method") or {}).get("lr"), "seed": config.get("seed"), "model": (config.get("model") or {}).get("name"),
+        "task": (config.get("data") or {}).get("name"), "refine": "?", "method": method.get("name"),
+        "lr": method.get("lr"), "seed": config.get("seed"), "model": (config.get("model") or {}).get("name"),
     }
     row.update({k: cell.get(k, fallback[k]) for k in CELL_KEYS})
     row.update({k: metrics.get(k) for k in METRIC_KEYS + CONTINUAL_KEYS + CLIP_KEYS})
     row.update(fewshot_values(metrics))
     for key in SETTING_KEYS:  # a failed few-shot run still belongs to its N-way K-shot setting
         if row[key] is None:
-            row[key] = (config.get("method") or {}).get(key)
+            row[key] = method.get(key)
     # The arm `tunebench claim` compares this method with (method.claim_reference; None: "full").
-    row["claim_reference"] = (config.get("method") or {}).get("claim_reference")
+    row["claim_reference"] = method.get("claim_reference")
     row.update({k: cost.get(k) for k in COST_KEYS})
     row["slurm_job_id"] = slurm_job(record.get("env") or {})
     row["error"] = (record.get("error") or {}).get("message")
