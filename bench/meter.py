@@ -192,6 +192,11 @@ class CostMeter:
     def count_training_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
         self.values.update(training_state_bytes(model, optimizer))
 
+    def count_training_state_once(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        """After the first optimiser update (its state exists then); later calls change nothing."""
+        if "training_state_bytes" not in self.values:
+            self.count_training_state(model, optimizer)
+
     def count_saved(self, path: Path) -> None:
         path = Path(path)
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]

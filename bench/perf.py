@@ -25,7 +25,7 @@ from tunebench.meter import CostMeter
 def _setup(method_name: str, steps: int, batch_size: int, seed: int):
     from tunebench.datasets import load
     from tunebench.methods import METHODS
-    from tunebench.methods.classifier import TrainPlan, batch_order, encode, make_optimizer
+    from tunebench.methods.classifier import TextCodec, batch_order, encode, make_optimizer
     from tunebench.models import build
 
     conf_dir = Path(__file__).resolve().parents[0].parent / "conf"
@@ -38,32 +38,34 @@ def _setup(method_name: str, steps: int, batch_size: int, seed: int):
     model.net = method.adapt(model.net, method_cfg)
     train = encode(model.tokenizer, task.train, int(data_cfg.max_length))
     batches = batch_order(len(train), batch_size, 1, seed)[:steps]
-    plan = TrainPlan(batches=batches, evals_at=set(), lr=float(method_cfg.lr), weight_decay=0.0, warmup_ratio=0.0,
-                     grad_clip=1.0, eval_batch_size=128)
-    optimizer, scheduler = make_optimizer(model.net, plan)
-    return method, model, train, plan, optimizer, scheduler
+    optimizer, scheduler = make_optimizer(model.net, OmegaConf.create({}), float(method_cfg.lr), len(batches))
+    return method, model, train, batches, optimizer, scheduler, TextCodec(model.tokenizer, 0)
 
 
-def _harness_round(method, model, train, plan, optimizer, scheduler) -> float:
-    from tunebench.methods.classifier import TextCodec, TrainLoop
+def _harness_round(method, model, train, batches, optimizer, scheduler, codec) -> float:
+    from tunebench.engine import Engine, TrainSettings
+    from tunebench.methods.classifier import ClassifierJob
 
     meter = CostMeter("cpu").start()
+    job = ClassifierJob(method.name, model.net, codec, train, None, batches, optimizer, scheduler, 128)
+    job.evaluates = False
     # As in a local run: a checkpoint that is written only on preemption.
-    loop = TrainLoop(model.net, optimizer, scheduler, plan, meter, RunCheckpoint(Path(tempfile.gettempdir()) / "tb-perf.pt", 0))
+    engine = Engine(job, len(batches), TrainSettings(), meter,
+                    checkpoint=RunCheckpoint(Path(tempfile.gettempdir()) / "tb-perf.pt", 0))
     start = time.perf_counter()
-    method._train(model.net, TextCodec(model.tokenizer, 0), train, None, loop, {})
+    engine.run()
     elapsed = time.perf_counter() - start
     meter.stop()
     return elapsed
 
 
-def _hand_round(model, train, plan, optimizer, scheduler) -> float:
+def _hand_round(model, train, batches, optimizer, scheduler) -> float:
     """The minimal loop a researcher would write by hand."""
     net, tok = model.net, model.tokenizer
     start = time.perf_counter()
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
-    for indices in plan.batches:
+    for indices in batches:
         batch = tok.pad({"input_ids": [train.input_ids[i] for i in indices]}, return_tensors="pt")
         batch["labels"] = torch.as_tensor(train.labels[indices])
         loss = net(**batch).loss
@@ -80,12 +82,12 @@ def run(steps: int, rounds: int, batch_size: int, seed: int = 0) -> dict:
 
     _quiet_libraries()
     lora = _setup("lora", steps, batch_size, seed)
-    method, model, train, plan, optimizer, scheduler = lora
-    _hand_round(model, train, plan, optimizer, scheduler)  # warm-up: allocator, kernels, caches
+    method, model, train, batches, optimizer, scheduler, _ = lora
+    _hand_round(model, train, batches, optimizer, scheduler)  # warm-up: allocator, kernels, caches
     harness, hand = [], []
     for _ in range(rounds):
         harness.append(_harness_round(*lora))
-        hand.append(_hand_round(model, train, plan, optimizer, scheduler))
+        hand.append(_hand_round(model, train, batches, optimizer, scheduler))
     full = _setup("full", steps, batch_size, seed)
     _harness_round(*full)  # warm-up
     full_times = [_harness_round(*full) for _ in range(rounds)]

@@ -191,6 +191,7 @@ def new_record(config: dict, rid: str, sweep: str) -> dict:
         "metrics": {},
         "cost": {},
         "curve": [],
+        "engine": {},  # the scale knobs as applied (precision, accumulation, checkpointing, compile)
         "env": {},
         "error": None,
     }

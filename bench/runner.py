@@ -15,8 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunebench import record as rec
 from tunebench.checkpoint import RunCheckpoint, checkpoint_every
+from tunebench.engine import TrainSettings, lr_for
 from tunebench.loggers import LOGGERS
 from tunebench.meter import CostMeter
+from tunebench.run_context import RunContext
 from tunebench.seeding import seed_everything
 
 log = logging.getLogger("tunebench")
@@ -44,12 +46,10 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def cell_of(cfg, task, refine: str) -> dict:
-    from tunebench.methods.classifier import effective_lr
-
+def cell_of(cfg, task, refine: str, train: TrainSettings) -> dict:
     return {
         "task": task.name, "refine": refine, "method": str(cfg.method.name),
-        "lr": effective_lr(cfg, task.modality) if cfg.method.get("lr") is not None else 0.0,
+        "lr": lr_for(cfg.method, train, task.modality),
         "seed": int(cfg.seed), "model": str(cfg.model.name),
     }
 
@@ -62,28 +62,47 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
     from tunebench.models import build
 
     method = METHODS.get(str(cfg.method.name))()  # unknown names fail before any work
+    train = TrainSettings.from_config(cfg.train)
     seed_everything(int(cfg.seed))
     task = load(cfg.data)
     if task.modality not in method.modalities:
         raise ValueError(f"method '{cfg.method.name}' fine-tunes {'/'.join(method.modalities)} tasks; "
                          f"data={cfg.data.name} has modality '{task.modality}'")
-    record["cell"] = cell_of(cfg, task, chain_name(cfg.refine))  # before refining: a stopped or failed refinement still names its cell
+    record["cell"] = cell_of(cfg, task, chain_name(cfg.refine), train)  # before refining: a stopped or failed refinement still names its cell
+    _check_refinements_are_read(method, cfg)
     task, init, record["refinements"] = apply_chain(task, cfg.refine, ctx)
     record["task"] = task.summary()
     device = _device(cfg)
     meter = CostMeter(device).start()
-    ctx["meter"] = meter
     try:
         model = build(cfg.model, task, init)
         model.net = method.adapt(model.net, cfg.method).to(device)
         meter.count_params(model.net, model.head_prefixes)
         if cfg.count_only:
             return
-        result = method.fit_evaluate(model, task, cfg, meter, ctx)
-        record["metrics"], record["curve"] = result["metrics"], result.get("curve", [])
+        run = RunContext(method=cfg.method, train=train, seed=int(cfg.seed), task=task, model=model, meter=meter,
+                         cache_dir=ctx["cache_dir"], checkpoint=ctx["checkpoint"], log_metrics=ctx["log_metrics"],
+                         load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
+        result = method.fit_evaluate(run)
+        record["metrics"], record["curve"] = result.metrics, result.curve
+        record["resumed_from_step"], record["engine"] = result.resumed_from_step, result.engine
     finally:
         meter.stop()
         record["cost"] = meter.summary()
+
+
+def _check_refinements_are_read(method, cfg) -> None:
+    """A method that never reads the training split (per-task few-shot adaptation) would ignore a
+    refinement of it: refuse instead of recording a refinement that changed nothing."""
+    from tunebench.datasets.refine import chain_name, split_refinements
+
+    if getattr(method, "reads_training_split", True) or not split_refinements(cfg.refine):
+        return
+    name = cfg.method.name
+    raise ValueError(
+        f"method={name} adapts on each meta-test task's support set only and never reads the training "
+        f"split, so refine={chain_name(cfg.refine)} would change nothing; use it with a method that trains on the "
+        f"training split (maml / fomaml / fs_finetune), or run {name} with refine=none")
 
 
 def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
@@ -93,7 +112,7 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     depend on which cells ran before); `in_child` marks that child."""
     from tunebench import cell
     from tunebench.datasets.refine import AwaitingLabels
-    from tunebench.methods import Diverged
+    from tunebench.engine import Diverged
 
     _quiet_libraries()
     if cfg.get("threads"):
@@ -125,7 +144,7 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     except Exception as e:
         record["status"], record["error"] = "failed", rec.error_info(e)
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
-    record["resumed_from_step"] = ctx.get("resumed_from_step", 0)
+    record.setdefault("resumed_from_step", 0)
     record["finished_at"] = rec.now_iso()
     rec.write_atomic(path, record)
     checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)

@@ -14,7 +14,3 @@ METHODS: Registry = Registry(
         "tunebench.methods.clip",
     ),
 )
-
-
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss; the run ends with status `diverged`."""

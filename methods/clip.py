@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
-from tqdm.auto import tqdm
 
 from tunebench.datasets.pairs import class_prompts
-from tunebench.meter import CostMeter
+from tunebench.engine import Outcome, TrainJob
+from tunebench.run_context import Result, RunContext
 
-from . import METHODS, Diverged
-from .classifier import batch_order, effective_lr, eval_steps
+from . import METHODS
+from .classifier import run_batches
 
 log = logging.getLogger("tunebench")
 
@@ -58,79 +58,48 @@ class ClipMethod:
         return net
 
     # -- flow -----------------------------------------------------------------------------------------
-    def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
-        ctx = ctx if ctx is not None else {}
-        self.model, self.task, self.cfg, self.m, self.meter = model, task, cfg, cfg.method, meter
-        self.device = next(model.net.parameters()).device
-        self.prompts = class_prompts(task, cfg.method.get("prompt_template") or None)
-        check_captions(task)
-        with meter.phase("eval"):
+    def fit_evaluate(self, run: RunContext) -> Result:
+        self.run, self.model, self.task, self.m, self.meter = run, run.model, run.task, run.method, run.meter
+        self.device = next(run.model.net.parameters()).device
+        self.prompts = class_prompts(run.task, run.method.get("prompt_template") or None)
+        check_captions(run.task)
+        with self.meter.phase("eval"), run.autocast():
             start = self.evaluate("test")
-        self.start_state = copy.deepcopy(model.net.state_dict()) if self.keeps_start else None
-        curve, best_val = self.fit() if self.trains else ([], None)
-        result = self.finish(start, best_val)
+        self.start_state = copy.deepcopy(run.model.net.state_dict()) if self.keeps_start else None
+        outcome = self.fit() if self.trains else None
+        result = self.finish(start, outcome.best_val if outcome else None)
         self._count_saved()
-        ctx["resumed_from_step"] = 0  # no in-run checkpoints: a preempted run starts over
-        return {"metrics": result, "curve": curve}
+        if outcome is None:
+            return Result(result)
+        return Result(result, outcome.curve, outcome.resumed_from_step, self.engine_info)
 
     def finish(self, start: dict, best_val) -> dict:
-        with self.meter.phase("eval"):
+        with self.meter.phase("eval"), self.run.autocast():
             test = self.evaluate("test") if self.trains else start  # untrained weights: already scored
             if best_val is None:
                 best_val = self.val_score()
         return self.metrics(test, start, best_val)
 
     # -- training -------------------------------------------------------------------------------------
-    def fit(self) -> tuple[list[dict], float | None]:
+    def fit(self) -> Outcome:
         from open_clip.loss import ClipLoss
 
-        net, t, train = self.model.net, self.cfg.train, self.task.train
-        batches = batch_order(len(train), int(t.batch_size), int(t.epochs), int(self.cfg.seed))
-        if t.get("max_steps"):
-            batches = batches[: int(t.max_steps)]
+        run, net = self.run, self.model.net
+        if run.train.grad_accum_steps > 1:
+            raise ValueError(
+                f"train.grad_accum_steps={run.train.grad_accum_steps}: CLIP's contrastive loss uses the other pairs of the "
+                f"batch as negatives, so micro-batches would change the loss itself (open_clip's feature-caching "
+                f"accumulation is not implemented); use 1 and a smaller train.batch_size")
+        batches = run_batches(len(self.task.train), run.train, run.seed)
         params = [p for p in net.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"method={self.name} left no trainable weight")
-        lr = effective_lr(self.cfg, self.task.modality)
-        optimizer = torch.optim.AdamW(param_groups(net, float(self.m.get("weight_decay", 0.0))), lr=lr)
+        optimizer = torch.optim.AdamW(param_groups(net, float(self.m.get("weight_decay", 0.0))), lr=run.lr)
         scheduler = cosine_with_warmup(optimizer, len(batches), float(self.m.get("warmup_ratio", 0.0)))
-        loss_fn, evals_at, curve = ClipLoss(), eval_steps(len(batches), int(t.evals)), []
-        best_val, best_state = -1.0, None
-        bar = tqdm(total=len(batches), desc=f"train {self.name}", unit="step", leave=False)
-        for step, idx in enumerate(batches, start=1):
-            with self.meter.phase("train"):
-                self.train_mode()
-                images = self.model.images([train.x[i] for i in idx], self.device)
-                texts = self.model.tokens([train.captions[i] for i in idx], self.device)
-                image_features, text_features, scale = net(images, texts)[:3]
-                loss = loss_fn(image_features, text_features, scale)
-                if not math.isfinite(loss.item()):
-                    raise Diverged(f"non-finite contrastive loss {loss.item()} at step {step} (lr={lr})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.get("grad_clip"):
-                    torch.nn.utils.clip_grad_norm_(params, float(t.grad_clip))
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    net.logit_scale.clamp_(0, math.log(100))
-                self.meter.add_train_samples(len(idx))
-                if "training_state_bytes" not in self.meter.values:
-                    self.meter.count_training_state(net, optimizer)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step in evals_at:
-                with self.meter.phase("eval"):
-                    val = self.val_score()
-                curve.append({"step": step, "train_loss": float(loss.item()), "val_acc": val})
-                if val > best_val:
-                    best_val = val
-                    if t.get("select_best", True):  # only what trains changes (BatchNorm statistics are fixed)
-                        best_state = {k: v.detach().clone() for k, v in net.named_parameters() if v.requires_grad}
-        bar.close()
-        if best_state is not None:
-            net.load_state_dict(best_state, strict=False)
-        return curve, best_val
+        engine = run.engine(ClipJob(self, batches, optimizer, scheduler, ClipLoss()), len(batches))
+        outcome = engine.run()
+        self.engine_info = engine.prepared
+        return outcome
 
     def train_mode(self) -> None:
         """Dropout on, BatchNorm statistics fixed: batch statistics of a few dozen images from a new domain
@@ -181,6 +150,34 @@ class ClipMethod:
 
     def saved_state(self) -> dict:
         return {k: v for k, v in self.model.net.named_parameters() if v.requires_grad}
+
+
+class ClipJob(TrainJob):
+    """Contrastive steps on image-caption pairs (open_clip's ClipLoss), scored by validation zero-shot accuracy."""
+
+    def __init__(self, method: ClipMethod, batches, optimizer, scheduler, loss_fn):
+        self.method, self.name, self.net = method, f"{method.name}", method.model.net
+        self.batches, self.optimizer, self.scheduler, self.loss_fn = batches, optimizer, scheduler, loss_fn
+
+    def batch(self, step: int):
+        return self.batches[step - 1]
+
+    def loss(self, idx):
+        model, train, device = self.method.model, self.method.task.train, self.method.device
+        images = model.images([train.x[i] for i in idx], device)
+        texts = model.tokens([train.captions[i] for i in idx], device)
+        image_features, text_features, scale = self.net(images, texts)[:3]
+        return self.loss_fn(image_features, text_features, scale), len(idx)
+
+    def train_mode(self) -> None:
+        self.method.train_mode()
+
+    def after_update(self) -> None:
+        with torch.no_grad():  # open_clip's training clamps the learned temperature at 100
+            self.net.logit_scale.clamp_(0, math.log(100))
+
+    def evaluate(self) -> dict:
+        return {"val_acc": self.method.val_score()}
 
 
 def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
@@ -279,24 +276,25 @@ class ProbeMethod(ClipMethod):
             p.requires_grad = False
         return net
 
-    def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
+    def fit_evaluate(self, run: RunContext) -> Result:
         from sklearn.linear_model import LogisticRegression
 
         from tunebench.clip_models import embed_images
 
+        model, task, meter = run.model, run.task, run.meter
         if not task.classes:
             raise ValueError(f"method=clip_probe classifies images; data={task.name} has no class labels")
-        result = super().fit_evaluate(model, task, cfg, meter, ctx)
+        result = super().fit_evaluate(run)
         with meter.phase("train"):
             features = embed_images(model, task.train.x).cpu().numpy()
-            probe = LogisticRegression(C=float(cfg.method.C), max_iter=int(cfg.method.max_iter)).fit(features, task.train.y)
+            probe = LogisticRegression(C=float(run.method.C), max_iter=int(run.method.max_iter)).fit(features, task.train.y)
             meter.add_train_samples(len(task.train))
         self.probe = probe
         with meter.phase("eval"):
             val = probe.score(embed_images(model, task.validation.x).cpu().numpy(), task.validation.y)
             preds = probe.predict(embed_images(model, task.test.x).cpu().numpy())
         y = task.test.y
-        result["metrics"].update(test_acc=float(np.mean(preds == y)), best_val_acc=float(val), test_metric="probe_acc",
+        result.metrics.update(test_acc=float(np.mean(preds == y)), best_val_acc=float(val), test_metric="probe_acc",
                                  test_macro_f1=float(f1_score(y, preds, average="macro", zero_division=0)),
                                  test_correct="".join("1" if c else "0" for c in preds == y))
         n = int(probe.coef_.size + probe.intercept_.size)  # the probe is all that trains (the CLIP is frozen)

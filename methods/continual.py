@@ -26,7 +26,6 @@ of its last row), forgetting, bwt, exp_forgetting, exp_bwt, final_exp_acc, strea
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 
 import numpy as np
@@ -35,11 +34,13 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from tunebench.engine import DivergenceGuard, MeterHook, train_mode
 from tunebench.meter import CostMeter
 from tunebench.registry import Registry
+from tunebench.run_context import Result, RunContext
 
-from . import METHODS, Diverged
-from .classifier import SequenceClassifierMethod, effective_lr
+from . import METHODS
+from .classifier import SequenceClassifierMethod
 from .continual_streams import build_streams
 
 log = logging.getLogger("tunebench")
@@ -97,13 +98,11 @@ class Logits(nn.Module):
 
     Text inputs are token ids padded to max_length; columns that are padding in the whole batch are
     dropped first (so short sentences do not pay for the longest possible review). BatchNorm layers
-    whose weights are frozen (LoRA on a CNN) stay in eval mode, as in the shared TrainLoop."""
+    whose weights are frozen (LoRA on a CNN) stay in eval mode, as in the engine (engine.train_mode)."""
 
     def __init__(self, net: nn.Module, modality: str, pad_token_id: int | None = None):
         super().__init__()
         self.net, self.modality, self.pad_token_id = net, modality, pad_token_id
-        self.frozen_norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                             and not any(p.requires_grad for p in m.parameters())]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.modality == "image":
@@ -115,14 +114,16 @@ class Logits(nn.Module):
     def train(self, mode: bool = True) -> "Logits":
         super().train(mode)
         if mode:
-            for norm in self.frozen_norms:
-                norm.eval()
+            train_mode(self.net)
         return self
 
 
-def harness_plugin(meter: CostMeter, grad_clip: float | None):
-    """An Avalanche plugin that feeds the shared cost meter, clips gradients and stops on a non-finite loss."""
+def harness_plugin(meter: CostMeter, grad_clip: float | None, lr: float | None = None):
+    """An Avalanche plugin with the engine's hook objects: the cost meter (MeterHook), the divergence
+    guard, and gradient clipping; Avalanche keeps its own loop."""
     from avalanche.core import SupervisedPlugin
+
+    guard, meter_hook = DivergenceGuard(lr), MeterHook(meter)
 
     class HarnessPlugin(SupervisedPlugin):
         def __init__(self):
@@ -135,11 +136,8 @@ def harness_plugin(meter: CostMeter, grad_clip: float | None):
 
         def after_training_iteration(self, strategy, **kwargs):
             loss = strategy.loss.item()
-            if not math.isfinite(loss):
-                raise Diverged(f"non-finite training loss {loss} at iteration {self.iterations + 1}")
-            meter.add_train_samples(len(strategy.mb_x))
-            if "training_state_bytes" not in meter.values:
-                meter.count_training_state(strategy.model, strategy.optimizer)
+            guard.check(loss, f"iteration {self.iterations + 1}")
+            meter_hook.after_update(strategy.model, strategy.optimizer, len(strategy.mb_x))
             self.iterations += 1
             self.losses.append(loss)
 
@@ -226,22 +224,22 @@ class ContinualMethod(SequenceClassifierMethod):
             raise ValueError(f"method.adapter={adapter!r}: expected one of {', '.join(ADAPTERS)}")
         return net
 
-    def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
-        ctx = ctx if ctx is not None else {}
-        m, t = cfg.method, cfg.train
-        if t.get("max_steps"):
+    def fit_evaluate(self, run: RunContext) -> Result:
+        m, t, model, task, meter = run.method, run.train, run.model, run.task, run.meter
+        if t.max_steps:
             raise ValueError(f"train.max_steps={t.max_steps} does not apply to continual methods: Avalanche trains "
                              f"train.epochs epochs on each experience (set train.max_steps=null)")
-        streams = build_streams(task, m, cfg.data, int(cfg.seed), model.tokenizer)
+        self._check_scale(t)
+        streams = build_streams(task, m, run.load_task, run.seed, model.tokenizer)
         benchmark = streams.benchmark()
         pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
         net = Logits(model.net, task.modality, pad)
-        harness = harness_plugin(meter, t.get("grad_clip"))
-        strategy = self._strategy(m, net, cfg, task.modality, harness)
-        rows, curve = self._run(strategy, benchmark, m, harness, meter, ctx)
+        harness = harness_plugin(meter, t.grad_clip, run.lr)
+        strategy = self._strategy(m, net, run, harness)
+        rows, curve = self._run(strategy, benchmark, m, harness, meter, run.log_metrics)
         with meter.phase("eval"):
             val_acc = stream_acc(strategy.eval(benchmark.valid_stream), "valid")
-            preds, labels = predict_split(net, streams, "test", int(t.eval_batch_size))
+            preds, labels = predict_split(net, streams, "test", t.eval_batch_size)
         self._measure_saved(model.net, meter)
         n_exp = len(streams.experiences)
         metrics = {
@@ -255,24 +253,34 @@ class ContinualMethod(SequenceClassifierMethod):
             "continual": {"strategy": str(m.strategy), "adapter": str(m.get("adapter", "none")), "stream": streams.kind,
                           "experiences": streams.summary(), "refined_experiences": streams.refined_experiences},
         }
-        ctx["resumed_from_step"] = 0  # no in-run checkpoints: a preempted continual run starts over
-        return {"metrics": metrics, "curve": curve}
+        # No in-run checkpoints: Avalanche's loop has no step-level resume, so a preempted continual run starts over.
+        return Result(metrics, curve, 0, {**t.describe(), "loop": "avalanche"})
 
     @staticmethod
-    def _strategy(m, net, cfg, modality: str, harness):
+    def _check_scale(t) -> None:
+        """Avalanche's loop runs in fp32 without accumulation; refuse knobs it would silently ignore."""
+        for key, value, default in (("precision", t.precision, "fp32"), ("grad_accum_steps", t.grad_accum_steps, 1),
+                                    ("grad_checkpointing", t.grad_checkpointing, False), ("compile", t.compile_backend, None)):
+            if value != default:
+                raise ValueError(f"train.{key}={value}: continual methods train in Avalanche's own loop, which this "
+                                 f"harness runs with {key}={default}; unset it for method=cl_*")
+
+    @staticmethod
+    def _strategy(m, net, run: RunContext, harness):
         params = [p for p in net.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the adapted model has no trainable parameters")
         # One parameter group (Avalanche resets the optimizer's state and parameters per experience).
-        optimizer = torch.optim.AdamW(params, lr=effective_lr(cfg, modality), weight_decay=float(m.get("weight_decay", 0.0)))
+        optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=float(m.get("weight_decay", 0.0)))
         device = next(net.parameters()).device
+        t = run.train
         return STRATEGIES.get(str(m.strategy))(
-            m, model=net, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=int(cfg.train.batch_size),
-            train_epochs=int(cfg.train.epochs), eval_mb_size=int(cfg.train.eval_batch_size), device=device,
+            m, model=net, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=t.batch_size,
+            train_epochs=t.epochs, eval_mb_size=t.eval_batch_size, device=device,
             plugins=[harness], evaluator=evaluation_plugin())
 
     @staticmethod
-    def _run(strategy, benchmark, m, harness, meter: CostMeter, ctx) -> tuple[list[dict], list[dict]]:
+    def _run(strategy, benchmark, m, harness, meter: CostMeter, log_metrics) -> tuple[list[dict], list[dict]]:
         """Train experience by experience (or once, on the whole stream), evaluating the test stream after each."""
         train_stream = benchmark.train_stream
         phases = [train_stream] if str(m.strategy) in TRAINS_ONCE else list(train_stream)
@@ -288,8 +296,8 @@ class ContinualMethod(SequenceClassifierMethod):
                      "train_loss": float(np.mean(losses)) if losses else float("nan"),
                      "test_stream_acc": stream_acc(seen)}
             curve.append(point)
-            if ctx.get("log_metrics"):
-                ctx["log_metrics"](point, k + 1)
+            if log_metrics:
+                log_metrics(point, k + 1)
             log.info("experience %d/%d  loss %.4f  test stream acc %.4f", k + 1, len(phases), point["train_loss"],
                      point["test_stream_acc"])
         return rows, curve

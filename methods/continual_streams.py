@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
 from tunebench.datasets.task import Split, Task
@@ -155,9 +154,7 @@ def rotated_domains(task: Task, cfg) -> Streams:
     return Streams("domain_incremental", experiences, list(range(len(experiences))))
 
 
-def text_domains(task: Task, cfg, data_cfg, tokenizer) -> Streams:
-    from tunebench.datasets import load
-
+def text_domains(task: Task, cfg, load_task, tokenizer) -> Streams:
     names = [str(n) for n in (cfg.get("domain_tasks") or [])]
     if not names:
         raise ValueError("method.stream=domain_incremental on a text task needs method.domain_tasks: the tasks that "
@@ -169,7 +166,7 @@ def text_domains(task: Task, cfg, data_cfg, tokenizer) -> Streams:
     tasks = [task]
     for name in names:
         # The run's data sizes and split seed, another source; never refined (refinements apply to the run's task).
-        domain = load(OmegaConf.merge(data_cfg, {"name": name}))
+        domain = load_task(name)
         if domain.classes != task.classes:
             raise ValueError(f"method.domain_tasks: {name} has classes {domain.classes}, data={task.name} has "
                              f"{task.classes}; a domain-incremental stream needs the same classes in every experience")
@@ -181,8 +178,8 @@ def text_domains(task: Task, cfg, data_cfg, tokenizer) -> Streams:
     return Streams("domain_incremental", experiences, [0])
 
 
-def build_streams(task: Task, cfg, data_cfg, seed: int, tokenizer=None) -> Streams:
-    """The stream `cfg.stream` names (cfg: the `method` node; data_cfg: the run's `data` node)."""
+def build_streams(task: Task, cfg, load_task, seed: int, tokenizer=None) -> Streams:
+    """The stream `cfg.stream` names (cfg: the `method` node; load_task(name): another task with the run's data settings)."""
     kind = str(cfg.get("stream", "class_incremental"))
     if kind not in STREAM_KINDS:
         raise ValueError(f"method.stream={kind!r}: expected one of {', '.join(STREAM_KINDS)}")
@@ -190,4 +187,4 @@ def build_streams(task: Task, cfg, data_cfg, seed: int, tokenizer=None) -> Strea
         return class_incremental(task, cfg, seed, tokenizer)
     if task.modality == "image":
         return rotated_domains(task, cfg)
-    return text_domains(task, cfg, data_cfg, tokenizer)
+    return text_domains(task, cfg, load_task, tokenizer)

@@ -40,7 +40,6 @@ import contextlib
 import copy
 import hashlib
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -51,16 +50,14 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunebench.meter import CostMeter
+from tunebench.engine import DivergenceGuard, Outcome, TrainJob, batch_order
+from tunebench.run_context import Result, RunContext
 
-from . import METHODS, Diverged
-from .classifier import batch_order, effective_lr, eval_steps
+from . import METHODS
 from .fewshot_tasks import FewShotTask, TaskSampler, confidence_interval, meta_splits
 
 log = logging.getLogger("tunebench")
 FINETUNE_MODES = ("all", "head")
-# Refinements a method that never reads the training split can still use (an encoder initialisation).
-INIT_ONLY_REFINEMENTS = {"none", "ssl"}
 
 
 class Net(nn.Module):
@@ -160,28 +157,34 @@ class FewShotMethod:
     def adapt(self, net, cfg):
         return net
 
+    @property
+    def reads_training_split(self) -> bool:
+        """The runner refuses refinements of a split the method never reads."""
+        return self.meta_trains
+
     # -- the flow ------------------------------------------------------------------------------------
-    def fit_evaluate(self, model, task, cfg, meter: CostMeter, ctx=None) -> dict:
-        ctx = ctx if ctx is not None else {}
-        self.model, self.task, self.cfg, self.m, self.meter = model, task, cfg, cfg.method, meter
+    def fit_evaluate(self, run: RunContext) -> Result:
+        self.run, self.model, self.task, self.m, self.meter = run, run.model, run.task, run.method, run.meter
         self.ways, self.shots, self.query = self._shape()
-        self._check_refinements(cfg)
-        self.lr = effective_lr(cfg, task.modality) if cfg.method.get("lr") is not None else 0.0
-        self.device = next(model.net.parameters()).device
-        self.splits = meta_splits(task, self.m, self.ways, self.shots + self.query)
-        seed = int(cfg.seed)
-        self.inputs, cache_report = self._inputs(ctx.get("cache_dir"))
-        val_tasks = self._tasks("meta_val", int(self.m.val_tasks), seed * 7919 + 2)
-        test_tasks = self._tasks("meta_test", int(self.m.test_tasks), seed * 7919 + 1)
+        self.lr = run.lr
+        self.guard = DivergenceGuard(self.lr)
+        self.device = next(run.model.net.parameters()).device
+        self.splits = meta_splits(run.task, self.m, self.ways, self.shots + self.query)
+        self.inputs, cache_report = self._inputs(run.cache_dir)
+        val_tasks = self._tasks("meta_val", int(self.m.val_tasks), run.seed * 7919 + 2)
+        test_tasks = self._tasks("meta_test", int(self.m.test_tasks), run.seed * 7919 + 1)
         self.prepare()
-        curve, best_val = self.fit(val_tasks)
+        outcome = self.fit(val_tasks)
         test = self._eval_time(lambda: score_tasks(lambda t: self.predict(t, "meta_test"), test_tasks,
                                                    f"meta-test {self.name}"))
+        best_val = outcome.best_val if outcome else None
         if best_val is None:  # no meta-validation during training: score the val tasks like the test ones
             best_val = self._eval_time(lambda: self._val_acc(val_tasks))
         self._measure_saved()
-        ctx["resumed_from_step"] = 0  # no in-run checkpoints: a preempted few-shot run starts over
-        return {"metrics": self._metrics(test, best_val, test_tasks, cache_report), "curve": curve}
+        metrics = self._metrics(test, best_val, test_tasks, cache_report)
+        if outcome is None:
+            return Result(metrics)
+        return Result(metrics, outcome.curve, outcome.resumed_from_step, self.engine_info)
 
     def _eval_time(self, work):
         """Run `work()` as eval time, less the meta-test support-set adaptation inside it (train time)."""
@@ -203,16 +206,6 @@ class FewShotMethod:
         if int(self.m.test_tasks) < 1:
             raise ValueError(f"method.test_tasks={self.m.test_tasks}: expected at least 1")
         return ways, shots, query
-
-    def _check_refinements(self, cfg) -> None:
-        from tunebench.datasets.refine import chain_name
-
-        names = set(chain_name(cfg.refine).split("+"))
-        if not self.meta_trains and not names <= INIT_ONLY_REFINEMENTS:
-            raise ValueError(
-                f"method={self.name} adapts on each meta-test task's support set only and never reads the training "
-                f"split, so refine={chain_name(cfg.refine)} would change nothing; use it with maml / fomaml / "
-                f"fs_finetune (which meta-train on the training split), or run {self.name} with refine=none")
 
     def _tasks(self, split: str, n: int, seed: int) -> list[FewShotTask]:
         meta = self.splits[split]
@@ -265,9 +258,9 @@ class FewShotMethod:
     def prepare(self) -> None:
         """Build what the method trains; count its parameters."""
 
-    def fit(self, val_tasks) -> tuple[list[dict], float | None]:
-        """(Meta-)training on the meta-train classes; returns the curve and the best meta-val accuracy (None: none)."""
-        return [], None
+    def fit(self, val_tasks) -> Outcome | None:
+        """(Meta-)training on the meta-train classes through the engine; None: the method does not train."""
+        return None
 
     def predict(self, task: FewShotTask, split: str) -> np.ndarray:
         raise NotImplementedError
@@ -299,29 +292,32 @@ class FewShotMethod:
             p.requires_grad_(False)
         return {"encoder": encoder}
 
-    def _fit_with_evals(self, steps: int, step_fn, val_tasks, net: nn.Module) -> tuple[list[dict], float | None]:
-        """Run `step_fn(step) -> (loss, n_samples)` `steps` times with train.evals meta-validations (best kept)."""
-        t = self.cfg.train
-        evals_at = eval_steps(steps, int(t.evals)) if val_tasks else set()
-        curve, best, best_state, losses = [], None, None, []
-        for step in tqdm(range(1, steps + 1), desc=f"train {self.name}", unit="step", leave=False, mininterval=5):
-            with self.meter.phase("train"):
-                net.train()
-                loss, n = step_fn(step)
-            if not math.isfinite(loss):
-                raise Diverged(f"non-finite training loss {loss} at step {step} (lr={self.lr})")
-            losses.append(loss)
-            self.meter.add_train_samples(n)
-            if step in evals_at:
-                val = self._eval_time(lambda: self._val_acc(val_tasks))
-                curve.append({"step": step, "train_loss": float(np.mean(losses)), "val_acc": val})
-                log.info("step %d/%d  loss %.4f  meta-val acc %.4f", step, steps, curve[-1]["train_loss"], val)
-                losses = []
-                if best is None or val > best:
-                    best, best_state = val, copy.deepcopy(net.state_dict())
-        if t.get("select_best", True) and best_state is not None:
-            net.load_state_dict(best_state)
-        return curve, best
+    def _train(self, job: "FewShotJob", steps: int) -> Outcome:
+        """(Meta-)training through the engine, with train.evals meta-validations (the best one kept)."""
+        engine = self.run.engine(job, steps)
+        outcome = engine.run()
+        self.engine_info = engine.prepared
+        return outcome
+
+
+class FewShotJob(TrainJob):
+    """(Meta-)training steps of a few-shot method; evaluation is the mean meta-validation accuracy."""
+
+    def __init__(self, method: FewShotMethod, net: nn.Module, optimizer, val_tasks):
+        self.method, self.name, self.net, self.optimizer = method, method.name, net, optimizer
+        self.val_tasks, self.evaluates = val_tasks, bool(val_tasks)
+
+    def train_mode(self) -> None:
+        self.net.train()
+
+    def evaluate(self) -> dict:
+        return {"val_acc": self.method._val_acc(self.val_tasks)}
+
+    def snapshot(self) -> dict:  # every weight and BatchNorm statistic: the whole network trains
+        return copy.deepcopy(self.net.state_dict())
+
+    def restore(self, state: dict) -> None:
+        self.net.load_state_dict(state)
 
 
 class MAMLMethod(FewShotMethod):
@@ -351,33 +347,17 @@ class MAMLMethod(FewShotMethod):
         for _ in range(steps):
             learner.adapt(F.cross_entropy(learner(x), y))
 
-    def fit(self, val_tasks):
-        m, x = self.m, self.inputs["meta_train"]
-        sampler = TaskSampler(self.splits["meta_train"], self.ways, self.shots, self.query)
+    def fit(self, val_tasks) -> Outcome:
         optimizer = torch.optim.Adam(self.maml.parameters(), lr=self.lr)
-        batch, steps = int(m.meta_batch), int(m.adaptation_steps)
+        return self._train(MAMLJob(self, optimizer, val_tasks), int(self.m.iterations))
 
-        def step(_):
-            optimizer.zero_grad(set_to_none=True)
-            total, n = 0.0, 0
-            for _ in range(batch):
-                task = sampler.sample()
-                learner = self.maml.clone()
-                ys, yq = (torch.as_tensor(v, device=self.device) for v in (task.support_y, task.query_y))
-                self._adapt(learner, x[task.support], ys, steps)
-                loss = F.cross_entropy(learner(x[task.query]), yq)
-                (loss / batch).backward()
-                total += loss.item()
-                n += len(task.support) * steps + len(task.query)
-            if self.cfg.train.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(self.maml.parameters(), float(self.cfg.train.grad_clip))
-            optimizer.step()
-            self._zero_head()
-            if "training_state_bytes" not in self.meter.values:
-                self.meter.count_training_state(self.net, optimizer)
-            return total / batch, n
-
-        return self._fit_with_evals(int(m.iterations), step, val_tasks, self.net)
+    def meta_loss(self, task: FewShotTask) -> tuple[torch.Tensor, int]:
+        """Query loss of a clone adapted on the task's support set; samples seen (support x steps + query)."""
+        x, steps = self.inputs["meta_train"], int(self.m.adaptation_steps)
+        learner = self.maml.clone()
+        ys, yq = (torch.as_tensor(v, device=self.device) for v in (task.support_y, task.query_y))
+        self._adapt(learner, x[task.support], ys, steps)
+        return F.cross_entropy(learner(x[task.query]), yq), len(task.support) * steps + len(task.query)
 
     def predict(self, task, split):
         x = self.inputs[split]
@@ -412,24 +392,10 @@ class FinetuneMethod(FewShotMethod):
         self.train_y = torch.as_tensor([index[int(c)] for c in self.splits["meta_train"].labels], device=self.device)
         self._count({"net": self.net, **self._frozen_encoder()})
 
-    def fit(self, val_tasks):
-        x, t = self.inputs["meta_train"], self.cfg.train
-        batches = batch_order(len(x), int(t.batch_size), int(self.m.pretrain_epochs), int(self.cfg.seed))
+    def fit(self, val_tasks) -> Outcome:
+        batches = batch_order(len(self.train_y), self.run.train.batch_size, int(self.m.pretrain_epochs), self.run.seed)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=float(self.m.get("weight_decay", 0.0)))
-
-        def step(k):
-            idx = torch.as_tensor(batches[k - 1], device=self.device)
-            loss = F.cross_entropy(self.net(x[idx]), self.train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), float(t.grad_clip))
-            optimizer.step()
-            if "training_state_bytes" not in self.meter.values:
-                self.meter.count_training_state(self.net, optimizer)
-            return loss.item(), len(idx)
-
-        return self._fit_with_evals(len(batches), step, val_tasks, self.net)
+        return self._train(PretrainJob(self, optimizer, val_tasks, batches), len(batches))
 
     def predict(self, task, split):
         x, steps = self.inputs[split], int(self.m.finetune_steps)
@@ -536,11 +502,9 @@ class EncoderMethod(FewShotMethod):
                 loss = F.cross_entropy(scale * self.head(mean_pooled(self.encoder, support)), ys)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if not math.isfinite(loss.item()):
-                    raise Diverged(f"non-finite support-set loss {loss.item()} (lr={self.lr})")
+                self.guard.check(loss.item(), "a support-set step")
                 optimizer.step()
-                if "training_state_bytes" not in self.meter.values:
-                    self.meter.count_training_state(nn.ModuleDict({"e": self.encoder, "h": self.head}), optimizer)
+                self.meter.count_training_state_once(nn.ModuleDict({"e": self.encoder, "h": self.head}), optimizer)
         if split == "meta_test":
             self.meter.add_train_samples(len(task.support) * steps)
         with torch.no_grad():
@@ -556,6 +520,42 @@ class EncoderMethod(FewShotMethod):
 class LoRAEncoderMethod(EncoderMethod):
     name = "fs_lora"
     adapter = "lora"
+
+
+class MAMLJob(FewShotJob):
+    """One meta-update: method.meta_batch tasks sampled from the meta-train classes, each its own
+    micro-batch (one backward per task, as in learn2learn's examples); the zeroing trick after the update."""
+
+    def __init__(self, method: MAMLMethod, optimizer, val_tasks):
+        super().__init__(method, method.net, optimizer, val_tasks)
+        self.sampler = TaskSampler(method.splits["meta_train"], method.ways, method.shots, method.query)
+
+    def batch(self, step: int) -> list[FewShotTask]:
+        return [self.sampler.sample() for _ in range(int(self.method.m.meta_batch))]
+
+    def micro_batches(self, batch, parts: int) -> list:
+        return [[task] for task in batch]
+
+    def loss(self, micro):
+        return self.method.meta_loss(micro[0])
+
+    def after_update(self) -> None:
+        self.method._zero_head()
+
+
+class PretrainJob(FewShotJob):
+    """Conventional cross-entropy steps on all meta-train classes (fs_finetune's pre-training)."""
+
+    def __init__(self, method: FinetuneMethod, optimizer, val_tasks, batches):
+        super().__init__(method, method.net, optimizer, val_tasks)
+        self.batches, self.x = batches, method.inputs["meta_train"]
+
+    def batch(self, step: int):
+        return self.batches[step - 1]
+
+    def loss(self, micro):
+        idx = torch.as_tensor(micro, device=self.method.device)
+        return F.cross_entropy(self.net(self.x[idx]), self.method.train_y[idx]), len(idx)
 
 
 METHODS.register("maml")(MAMLMethod)

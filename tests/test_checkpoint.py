@@ -22,16 +22,16 @@ class Requeued(BaseException):
 def _preempt_at(monkeypatch, step_to_signal: int) -> list:
     """Send SIGUSR1 to ourselves during training step `step_to_signal`, like `scancel --signal=USR1`."""
     calls = []
-    real_step = classifier.train_step
+    real_loss = classifier.ClassifierJob.loss
 
-    def step_then_maybe_signal(*args, **kwargs):
+    def loss_then_maybe_signal(self, micro):
         calls.append(1)
-        loss = real_step(*args, **kwargs)
+        out = real_loss(self, micro)
         if len(calls) == step_to_signal:
             os.kill(os.getpid(), signal.SIGUSR1)
-        return loss
+        return out
 
-    monkeypatch.setattr(classifier, "train_step", step_then_maybe_signal)
+    monkeypatch.setattr(classifier.ClassifierJob, "loss", loss_then_maybe_signal)
     return calls
 
 
@@ -70,6 +70,59 @@ def test_preempted_run_resumes_from_its_checkpoint_with_identical_results(tmp_pa
     assert resumed["curve"][-1]["train_loss"] == pytest.approx(uninterrupted["curve"][-1]["train_loss"], rel=1e-5)
     assert resumed["cost"]["train_samples"] == 64
     assert not checkpoint.exists()  # removed once the record is written
+
+
+def _preempt_engine_at(monkeypatch, step_to_signal: int) -> list:
+    """SIGUSR1 during engine step `step_to_signal`, whatever the family."""
+    from tunebench.engine import Engine
+
+    steps, real_update = [], Engine._update
+
+    def update_then_maybe_signal(self, step):
+        steps.append(step)
+        out = real_update(self, step)
+        if step == step_to_signal:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    monkeypatch.setattr(Engine, "_update", update_then_maybe_signal)
+    return steps
+
+
+FAMILIES = {
+    "clip": ["data=digits_captions", "model=clip_effnet_minilm", "method=clip_lora", "train.max_steps=4",
+             "train.evals=2", "threads=1"],
+    "fewshot": ["data=digits", "model=small_cnn", "data.train_size=null", "data.validation_size=180", "data.test_size=360",
+                "data.pool_size=360", "method=maml", "method.iterations=4", "method.meta_batch=2", "method.val_tasks=4",
+                "method.test_tasks=20", "threads=1"],
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_that_trains_in_steps_resumes_to_the_same_result(family, tmp_path, monkeypatch):
+    overrides = FAMILIES[family]
+    assert run_cell(compose_cfg(tmp_path / "ref", monkeypatch, *overrides)) == "ok"
+    [uninterrupted] = records(tmp_path / "ref")
+    cfg = compose_cfg(tmp_path, monkeypatch, *overrides)
+
+    def launcher_handler(signum, frame):
+        raise Requeued()
+
+    previous = signal.signal(signal.SIGUSR1, launcher_handler)
+    try:
+        _preempt_engine_at(monkeypatch, 2)
+        with pytest.raises(Requeued):
+            run_cell(cfg)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    monkeypatch.undo()
+    monkeypatch.setenv("TUNEBENCH_RESULTS", str(tmp_path / "results"))
+    steps = _preempt_engine_at(monkeypatch, 10**6)
+    assert run_cell(cfg) == "ok"
+    [resumed] = records(tmp_path)
+    assert resumed["resumed_from_step"] == 2 and steps == [3, 4]
+    assert resumed["metrics"]["test_correct"] == uninterrupted["metrics"]["test_correct"]
+    assert [p["val_acc"] for p in resumed["curve"]] == [p["val_acc"] for p in uninterrupted["curve"]]
 
 
 def test_checkpoint_every_auto_is_on_only_under_slurm(tmp_path, monkeypatch):

@@ -74,16 +74,17 @@ def test_wiseft_interpolation_is_exact_at_both_ends():
 def trained_weights_changed(method: str, overrides=()) -> dict:
     """{parameter-name prefix: changed?} after a few fine-tuning steps, at the module level."""
     from tunebench.datasets import load
+    from tunebench.engine import TrainSettings
     from tunebench.meter import CostMeter
     from tunebench.methods import METHODS
     from tunebench.models import build
+    from tunebench.run_context import RunContext
 
     task = load(OmegaConf.load(ROOT / "conf" / "data" / "digits_captions.yaml"))
     m_cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")
     for key, value in overrides:
         m_cfg[key] = value
-    cfg = OmegaConf.create({"method": m_cfg, "seed": 0, "train": {"epochs": 1, "batch_size": 16, "max_steps": 2, "evals": 1,
-                                                                  "select_best": False, "lr_scale": 1.0}})
+    train = TrainSettings.from_config({"epochs": 1, "batch_size": 16, "max_steps": 2, "evals": 1, "select_best": False})
     torch.manual_seed(0)
     model = build(OmegaConf.load(ROOT / "conf" / "model" / "clip_effnet_minilm.yaml"), task)
     method = METHODS.get(method)()
@@ -91,7 +92,7 @@ def trained_weights_changed(method: str, overrides=()) -> dict:
     before = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
     meter = CostMeter("cpu").start()
     meter.count_params(model.net)
-    method.fit_evaluate(model, task, cfg, meter, {})
+    method.fit_evaluate(RunContext(method=m_cfg, train=train, seed=0, task=task, model=model, meter=meter))
     meter.stop()
     after = model.net.state_dict()
     prefixes = ("visual.trunk.", "visual.head.", "text.transformer.", "text.proj.", "logit_scale")

@@ -118,7 +118,7 @@ def test_frozen_batchnorm_keeps_its_running_statistics_while_peft_trains():
     from torch import nn
 
     from tunebench.image_models import ImageClassifier
-    from tunebench.methods.classifier import TrainLoop
+    from tunebench.engine import train_mode
 
     def body():
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 8))
@@ -128,8 +128,7 @@ def test_frozen_batchnorm_keeps_its_running_statistics_while_peft_trains():
     adapted = METHODS.get("lora")().adapt(ImageClassifier(body(), 8, 10), lora_cfg)
     full = ImageClassifier(body(), 8, 10)
     for net in (adapted, full):
-        loop = TrainLoop(net, None, None, None, None, None)
-        loop.train_mode()
+        train_mode(net)
         norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
         before = [n.running_mean.clone() for n in norms]
         net(pixel_values=torch.rand(16, 1, 8, 8) + 3.0)

@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 
 from tunebench.meter import parameter_counts
 from tunebench.methods import METHODS
-from tunebench.methods.classifier import batch_order, eval_steps
+from tunebench.engine import batch_order, eval_steps
 from tunebench.models import build
 
 from .test_tasks import CONF

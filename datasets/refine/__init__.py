@@ -81,6 +81,12 @@ def apply_chain(task: Task, refine_cfg, ctx) -> tuple[Task, Any, list[dict]]:
     return task, init, reports
 
 
+def split_refinements(refine_cfg) -> list[str]:
+    """The configured refinements that change the training split (not only the model's initialisation)."""
+    names = [cfg.get("name", key) for key, cfg in (refine_cfg or {}).items()]
+    return [n for n in names if n != "none" and getattr(REFINEMENTS.get(n), "changes_training_split", True)]
+
+
 def chain_name(refine_cfg) -> str:
     names = [cfg.get("name", key) for key, cfg in (refine_cfg or {}).items()]
     return "+".join(n for n in names if n != "none") or "none"

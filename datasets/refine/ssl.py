@@ -402,4 +402,5 @@ def ssl(task, cfg, ctx) -> Refined:
     return Refined(task=task, init=state, report=report)
 
 
+ssl.changes_training_split = False  # it only initialises the encoder
 ssl.modalities = ("image", "text", "image-text")  # image-text: contrastive alignment of a CLIP
