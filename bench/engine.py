@@ -250,8 +250,8 @@ class TrainJob:
     def train_mode(self) -> None:
         train_mode(self.net)
 
-    def after_update(self) -> None:
-        """After the optimiser and scheduler stepped (constraints on weights)."""
+    def after_update(self, step: int) -> None:
+        """After the optimiser and scheduler stepped, before gradients are cleared (weight constraints, AdaLoRA's budget)."""
 
     def evaluate(self) -> dict:
         """Validation scores of the current weights; `val_acc` is the one selection uses."""
@@ -424,7 +424,7 @@ class Engine:
             job.optimizer.step()
         if job.scheduler is not None:
             job.scheduler.step()
-        job.after_update()
+        job.after_update(step)
         job.optimizer.zero_grad(set_to_none=True)
         return total / len(micros), samples
 

@@ -23,17 +23,17 @@ from tunebench.meter import CostMeter
 
 
 def _setup(method_name: str, steps: int, batch_size: int, seed: int):
+    from tunebench.configs import compose_group
     from tunebench.datasets import load
-    from tunebench.methods import METHODS
+    from tunebench.methods import method_for
     from tunebench.methods.classifier import TextCodec, batch_order, encode, make_optimizer
     from tunebench.models import build
 
-    conf_dir = Path(__file__).resolve().parents[0].parent / "conf"
-    data_cfg = OmegaConf.load(conf_dir / "data" / "rotten_tomatoes.yaml")
-    method_cfg = OmegaConf.load(conf_dir / "method" / f"{method_name}.yaml")
+    data_cfg = compose_group("data", "rotten_tomatoes")
+    method_cfg = compose_group("method", method_name)
     torch.manual_seed(seed)
     task = load(data_cfg)
-    method = METHODS.get(method_name)()
+    method = method_for(method_cfg)
     model = build(OmegaConf.create({"name": "minilm-l6"}), task)
     model.net = method.adapt(model.net, method_cfg)
     train = encode(model.tokenizer, task.train, int(data_cfg.max_length))

@@ -1,11 +1,13 @@
 """Name -> factory registries for methods, refinements, tasks and models.
 
 One mechanism everywhere: a module registers itself at import time, configs name it, and an
-unknown name fails with the list of known ones.
+unknown name fails with the list of known ones. A registry given a `package` imports every module
+of that package on first lookup, so a new plugin is one module: no list to edit.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -17,11 +19,11 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, plugin_modules: tuple[str, ...] = ()):
+    def __init__(self, kind: str, package: str | None = None):
         self.kind = kind
         self._entries: dict[str, T] = {}
-        # Modules imported lazily on first lookup, so registering never needs an import cycle.
-        self._plugin_modules = plugin_modules
+        # The package's modules are imported lazily on first lookup, so registering never needs an import cycle.
+        self._package = package
         self._loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -34,10 +36,13 @@ class Registry(Generic[T]):
         return decorator
 
     def _load_plugins(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            for module in self._plugin_modules:
-                importlib.import_module(module)
+        if self._loaded or self._package is None:
+            return
+        self._loaded = True
+        package = importlib.import_module(self._package)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self._package}.{info.name}")
 
     def names(self) -> list[str]:
         self._load_plugins()

@@ -58,10 +58,10 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
     """The run itself; fills `record` as it goes so a failure keeps what was measured."""
     from tunebench.datasets import load
     from tunebench.datasets.refine import apply_chain, chain_name
-    from tunebench.methods import METHODS
+    from tunebench.methods import method_for
     from tunebench.models import build
 
-    method = METHODS.get(str(cfg.method.name))()  # unknown names fail before any work
+    method = method_for(cfg.method)  # unknown names fail before any work
     train = TrainSettings.from_config(cfg.train)
     seed_everything(int(cfg.seed))
     task = load(cfg.data)

@@ -6,7 +6,7 @@ from tunebench.registry import Registry
 from .task import Split, Task
 
 # name -> builder(cfg) -> Task; modules below register themselves.
-TASKS: Registry = Registry("task", plugin_modules=("tunebench.datasets.builtin", "tunebench.datasets.images", "tunebench.datasets.wordnet_supersenses", "tunebench.datasets.files", "tunebench.datasets.hub", "tunebench.datasets.pairs"))
+TASKS: Registry = Registry("task", package=__name__)
 
 
 def load(cfg) -> Task:

@@ -1,16 +1,14 @@
-"""Fine-tuning methods. Each module registers one method; configs name it with `method.name`."""
+"""Fine-tuning methods. Every module of this package is imported on first lookup and registers its
+implementations; a method's YAML (`conf/method/<name>.yaml`) names one with `impl` (default: its name)."""
 from tunebench.registry import Registry
 
-METHODS: Registry = Registry(
-    "method",
-    plugin_modules=(
-        "tunebench.methods.full",
-        "tunebench.methods.lora",
-        "tunebench.methods.prefix",
-        "tunebench.methods.ia3",
-        "tunebench.methods.prompt",
-        "tunebench.methods.continual",
-        "tunebench.methods.fewshot",
-        "tunebench.methods.clip",
-    ),
-)
+METHODS: Registry = Registry("method", package=__name__)
+
+
+def method_for(method_cfg):
+    """The implementation that a method's YAML names, carrying the YAML's name (and modalities, if it sets them)."""
+    method = METHODS.get(str(method_cfg.get("impl") or method_cfg.name))()
+    method.name = str(method_cfg.name)
+    if method_cfg.get("modalities"):
+        method.modalities = tuple(str(m) for m in method_cfg.modalities)
+    return method

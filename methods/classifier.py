@@ -128,6 +128,12 @@ class ClassifierJob(TrainJob):
     def loss(self, micro):
         return self.net(**self.codec.collate(self.train, micro)).loss, len(micro)
 
+    def after_update(self, step: int) -> None:
+        # AdaLoRA reallocates its rank budget after each update (peft: between optimizer.step and zero_grad).
+        allocate = getattr(getattr(self.net, "base_model", None), "update_and_allocate", None)
+        if allocate is not None:
+            allocate(step)
+
     def evaluate(self) -> dict:
         return {f"val_{k}": v for k, v in scores(predict(self.net, self.codec, self.val, self.eval_batch_size), self.val.labels).items()}
 
@@ -142,6 +148,9 @@ class SequenceClassifierMethod:
         """Return the network to train; the base trains every parameter."""
         return net
 
+    def before_training(self, net, steps: int) -> None:
+        """Once the step count is known (AdaLoRA's schedule needs it)."""
+
     def save(self, net, out_dir: str) -> None:
         net.save_pretrained(out_dir)
 
@@ -150,6 +159,7 @@ class SequenceClassifierMethod:
         codec = make_codec(run.model, task)
         train, val, test = (codec.encode(s) for s in (task.train, task.validation, task.test))
         batches = run_batches(len(train), run.train, run.seed)
+        self.before_training(net, len(batches))
         optimizer, scheduler = make_optimizer(net, run.method, run.lr, len(batches))
         job = ClassifierJob(self.name, net, codec, train, val, batches, optimizer, scheduler, run.train.eval_batch_size)
         engine = run.engine(job, len(batches))

@@ -7,7 +7,7 @@ pair are positives, the rest of the batch negatives; with class-prompt captions 
 Goyal et al. 2022). Registered methods (one YAML each, conf/method/clip_*.yaml):
 
   clip_full         every weight
-  clip_lora         peft LoRA (`inject_adapter_in_model`) on `method.target_modules`: the text tower's
+  clip_lora         (impl clip_peft) peft LoRA (`inject_adapter_in_model`) on `method.peft.target_modules`: the text tower's
                     attention projections (query, value) and, since EfficientNet has no attention, the
                     image tower's pointwise projection convs (conv_pwl, peft's Conv2d LoRA); the rest frozen
   clip_probe        logistic regression on the frozen, normalised image embeddings (no text at test time)
@@ -172,7 +172,7 @@ class ClipJob(TrainJob):
     def train_mode(self) -> None:
         self.method.train_mode()
 
-    def after_update(self) -> None:
+    def after_update(self, step: int) -> None:
         with torch.no_grad():  # open_clip's training clamps the learned temperature at 100
             self.net.logit_scale.clamp_(0, math.log(100))
 
@@ -247,21 +247,30 @@ class LockTextMethod(ClipMethod):
         return unlock_projection(net, "text")
 
 
-class LoRAMethod(ClipMethod):
-    name = "clip_lora"
+class PeftMethod(ClipMethod):
+    """A peft adapter (`method.peft`, any layer-adapting type) injected into both towers; the rest frozen."""
+
+    name = "clip_peft"
 
     def adapt(self, net, cfg):
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import inject_adapter_in_model
 
-        targets = list(cfg.target_modules)
-        config = LoraConfig(r=int(cfg.r), lora_alpha=int(cfg.alpha), lora_dropout=float(cfg.dropout), target_modules=targets)
+        from .peft_method import peft_config
+
+        config = peft_config(cfg.peft)
+        if config.is_prompt_learning:
+            raise ValueError(f"method={self.name}: peft's {cfg.peft.peft_type} adds virtual tokens to one model's input; "
+                             f"CLIP takes layer adapters (LORA, LOHA, OFT, ...)")
         try:
             net = inject_adapter_in_model(config, net)
         except ValueError as e:
-            raise ValueError(f"method.target_modules={targets} matched no layer peft can wrap in this CLIP ({e})") from e
+            raise ValueError(f"method.peft.target_modules={config.target_modules} matched no layer peft can wrap in this "
+                             f"CLIP ({e})") from e
+        # peft leaves only the adapter's weights trainable; also_train prefixes and the logit scale train too.
+        adapter = {n for n, p in net.named_parameters() if p.requires_grad}
         extra = tuple(cfg.get("also_train") or ())
         for n, p in net.named_parameters():
-            p.requires_grad = "lora_" in n or n.startswith(extra) or n == "logit_scale"
+            p.requires_grad = n in adapter or n.startswith(extra) or n == "logit_scale"
         return net
 
 
@@ -347,7 +356,7 @@ def interpolate(zero_shot: dict, tuned: dict, alpha: float) -> dict:
 
 
 METHODS.register("clip_full")(ClipMethod)
-METHODS.register("clip_lora")(LoRAMethod)
+METHODS.register("clip_peft")(PeftMethod)  # clip_lora.yaml
 METHODS.register("clip_probe")(ProbeMethod)
 METHODS.register("clip_lock_image")(LockImageMethod)
 METHODS.register("clip_lock_text")(LockTextMethod)

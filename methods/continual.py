@@ -14,7 +14,8 @@ transfer. Registered methods (one YAML each, conf/method/cl_*.yaml):
   cl_lora    the encoder with a peft LoRA adapter, trained continually with method.strategy (naive);
              `tunebench claim` compares it with cl_<strategy> (method.claim_reference)
 
-Knobs shared by all: method.strategy, method.adapter (none | lora), method.stream, method.experiences,
+Knobs shared by all (conf/method/_continual.yaml): method.strategy, method.peft (a peft adapter as in
+conf/method/lora.yaml; without it full fine-tuning), method.stream, method.experiences,
 method.class_order, method.angles / angle_step (rotated images), method.domain_tasks (text), method.lr /
 image_lr, method.weight_decay. The schedule comes from `train`: train.epochs per experience, batch_size,
 eval_batch_size, grad_clip. train.evals / select_best do not apply (evaluation follows each experience)
@@ -48,7 +49,11 @@ log = logging.getLogger("tunebench")
 # name -> builder(method_cfg, **strategy_kwargs) -> an Avalanche strategy
 STRATEGIES: Registry = Registry("continual strategy")
 TRAINS_ONCE = {"joint"}  # strategies that see the whole stream in one training phase
-ADAPTERS = ("none", "lora")
+
+
+def adapter_name(m) -> str:
+    """`none` (full fine-tuning) or the peft type of `method.peft`, lower case (`lora`)."""
+    return str(m.peft.peft_type).lower() if m.get("peft") else "none"
 
 
 def _knob(cfg, key: str):
@@ -216,12 +221,13 @@ class ContinualMethod(SequenceClassifierMethod):
         import avalanche.training  # noqa: F401
 
     def adapt(self, net, cfg):
-        strategy, adapter = str(cfg.get("strategy")), str(cfg.get("adapter", "none"))
-        STRATEGIES.get(strategy)  # an unknown strategy fails before any training, listing the known ones
-        if adapter == "lora":
-            return METHODS.get("lora")().adapt(net, cfg)
-        if adapter != "none":
-            raise ValueError(f"method.adapter={adapter!r}: expected one of {', '.join(ADAPTERS)}")
+        STRATEGIES.get(str(cfg.get("strategy")))  # an unknown strategy fails before any training, listing the known ones
+        if cfg.get("peft"):  # the classifier family's peft builder, any peft type (methods/peft_method.py)
+            from .peft_method import PeftMethod
+
+            adapter = PeftMethod()
+            adapter.name = self.name
+            return adapter.adapt(net, cfg)
         return net
 
     def fit_evaluate(self, run: RunContext) -> Result:
@@ -250,7 +256,7 @@ class ContinualMethod(SequenceClassifierMethod):
             "majority_baseline_test_acc": task.majority_baseline(),
             "steps": harness.iterations,
             **continual_metrics(rows, n_exp, str(m.strategy) in TRAINS_ONCE),
-            "continual": {"strategy": str(m.strategy), "adapter": str(m.get("adapter", "none")), "stream": streams.kind,
+            "continual": {"strategy": str(m.strategy), "adapter": adapter_name(m), "stream": streams.kind,
                           "experiences": streams.summary(), "refined_experiences": streams.refined_experiences},
         }
         # No in-run checkpoints: Avalanche's loop has no step-level resume, so a preempted continual run starts over.
@@ -303,5 +309,4 @@ class ContinualMethod(SequenceClassifierMethod):
         return rows, curve
 
 
-for _name in ("cl_naive", "cl_ewc", "cl_lwf", "cl_replay", "cl_joint", "cl_lora"):
-    METHODS.register(_name)(ContinualMethod)
+METHODS.register("continual")(ContinualMethod)  # conf/method/cl_*.yaml (impl: continual, from _continual.yaml)

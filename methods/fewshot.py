@@ -452,30 +452,32 @@ class ProbeMethod(FewShotMethod):
 
 
 class EncoderMethod(FewShotMethod):
-    """Per test task: fine-tune the pretrained text encoder (LoRA adapter or every weight) + a cosine head."""
+    """Per test task: fine-tune the pretrained text encoder (a peft adapter from `method.peft`, or every
+    weight without one) + a cosine head."""
 
-    name = "fs_full"
+    name = "fs_encoder"
     modalities = ("text",)
     meta_trains = False
     text_inputs = "tokens"
-    adapter = "none"
 
     def prepare(self) -> None:
         self.encoder = text_encoder(self.model)
-        if self.adapter == "lora":
-            self.encoder = self._lora(self.encoder)
+        if self.m.get("peft"):
+            self.encoder = self._adapter(self.encoder)
         self.trainable = [p for p in self.encoder.parameters() if p.requires_grad]
         self.initial = {k: v.detach().clone() for k, v in self.encoder.named_parameters() if v.requires_grad}
         dim = int(self.encoder.config.hidden_size)
         self.head = nn.Linear(dim, self.ways, bias=False).to(self.device)
         self._count({"encoder": self.encoder, "head": self.head})
 
-    def _lora(self, encoder):
-        from peft import LoraConfig, get_peft_model
+    def _adapter(self, encoder):
+        from .peft_method import peft_config, wrap
 
-        config = LoraConfig(r=int(self.m.r), lora_alpha=int(self.m.alpha), lora_dropout=float(self.m.dropout),
-                            target_modules=list(self.m.target_modules))
-        return get_peft_model(encoder, config)
+        config = peft_config(self.m.peft)
+        if config.is_prompt_learning:
+            raise ValueError(f"method={self.name}: peft's {self.m.peft.peft_type} needs a task-typed PeftModel; the few-shot "
+                             f"encoder takes layer adapters (LORA, LOHA, OFT, ...)")
+        return wrap(encoder, config, self.name)
 
     def _reset(self) -> None:
         with torch.no_grad():
@@ -517,11 +519,6 @@ class EncoderMethod(FewShotMethod):
         return {**state, "head.weight": self.head.weight}
 
 
-class LoRAEncoderMethod(EncoderMethod):
-    name = "fs_lora"
-    adapter = "lora"
-
-
 class MAMLJob(FewShotJob):
     """One meta-update: method.meta_batch tasks sampled from the meta-train classes, each its own
     micro-batch (one backward per task, as in learn2learn's examples); the zeroing trick after the update."""
@@ -539,7 +536,7 @@ class MAMLJob(FewShotJob):
     def loss(self, micro):
         return self.method.meta_loss(micro[0])
 
-    def after_update(self) -> None:
+    def after_update(self, step: int) -> None:
         self.method._zero_head()
 
 
@@ -558,9 +555,7 @@ class PretrainJob(FewShotJob):
         return F.cross_entropy(self.net(self.x[idx]), self.method.train_y[idx]), len(idx)
 
 
-METHODS.register("maml")(MAMLMethod)
-METHODS.register("fomaml")(type("FOMAMLMethod", (MAMLMethod,), {"name": "fomaml"}))
+METHODS.register("maml")(MAMLMethod)  # fomaml.yaml: the same with first_order: true
 METHODS.register("fs_finetune")(FinetuneMethod)
 METHODS.register("fs_probe")(ProbeMethod)
-METHODS.register("fs_full")(EncoderMethod)
-METHODS.register("fs_lora")(LoRAEncoderMethod)
+METHODS.register("fs_encoder")(EncoderMethod)  # fs_full.yaml (every weight), fs_lora.yaml (a peft node)

@@ -73,21 +73,20 @@ def test_wiseft_interpolation_is_exact_at_both_ends():
 
 def trained_weights_changed(method: str, overrides=()) -> dict:
     """{parameter-name prefix: changed?} after a few fine-tuning steps, at the module level."""
+    from tunebench.configs import compose_group
     from tunebench.datasets import load
     from tunebench.engine import TrainSettings
     from tunebench.meter import CostMeter
-    from tunebench.methods import METHODS
+    from tunebench.methods import method_for
     from tunebench.models import build
     from tunebench.run_context import RunContext
 
     task = load(OmegaConf.load(ROOT / "conf" / "data" / "digits_captions.yaml"))
-    m_cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")
-    for key, value in overrides:
-        m_cfg[key] = value
+    m_cfg = compose_group("method", method, **dict(overrides))
     train = TrainSettings.from_config({"epochs": 1, "batch_size": 16, "max_steps": 2, "evals": 1, "select_best": False})
     torch.manual_seed(0)
     model = build(OmegaConf.load(ROOT / "conf" / "model" / "clip_effnet_minilm.yaml"), task)
-    method = METHODS.get(method)()
+    method = method_for(m_cfg)
     model.net = method.adapt(model.net, m_cfg)
     before = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
     meter = CostMeter("cpu").start()

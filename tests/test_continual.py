@@ -128,16 +128,18 @@ def test_class_incremental_with_fewer_classes_than_experiences_fails_naming_the_
     assert "method.stream=domain_incremental" in message
 
 
-def test_unknown_strategy_and_adapter_fail_before_training():
+def test_unknown_strategy_and_peft_type_fail_before_training():
     from tunebench.methods import METHODS
     from tunebench.image_models import small_cnn
 
-    method = METHODS.get("cl_naive")()
-    cfg = OmegaConf.load(ROOT / "conf" / "method" / "cl_naive.yaml")
+    from tunebench.configs import compose_group
+
+    method = METHODS.get("continual")()
+    cfg = compose_group("method", "cl_naive")
     with pytest.raises(KeyError, match=r"unknown continual strategy 'nosuch'; available continual strategys: ewc, joint, lwf, naive, replay"):
         method.adapt(small_cnn(10), OmegaConf.merge(cfg, {"strategy": "nosuch"}))
-    with pytest.raises(ValueError, match=r"method.adapter='prefix': expected one of none, lora"):
-        method.adapt(small_cnn(10), OmegaConf.merge(cfg, {"adapter": "prefix"}))
+    with pytest.raises(ValueError, match=r"method.peft.peft_type='NOSUCH': expected one of peft's types \(ADALORA, "):
+        method.adapt(small_cnn(10), OmegaConf.merge(cfg, {"peft": {"peft_type": "nosuch"}}))
 
 
 def test_rotated_domain_stream_has_every_class_in_each_experience_and_exact_right_angles():

@@ -185,7 +185,8 @@ def test_gradient_checkpointing_lowers_measured_peak_memory_on_the_default_model
     from omegaconf import OmegaConf
 
     from tunebench.datasets import load
-    from tunebench.methods import METHODS
+    from tunebench.configs import compose_group
+    from tunebench.methods import method_for
     from tunebench.methods.classifier import ClassifierJob, TextCodec, make_optimizer
     from tunebench.models import build
 
@@ -193,12 +194,12 @@ def test_gradient_checkpointing_lowers_measured_peak_memory_on_the_default_model
 
     task = load(OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "data" / "rotten_tomatoes.yaml"),
                                 {"train_size": 64, "validation_size": 32, "test_size": 32, "pool_size": 32}))
-    lora = OmegaConf.load(ROOT / "conf" / "method" / "lora.yaml")
+    lora = compose_group("method", "lora")
     peaks, modules = {}, {}
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = build(OmegaConf.create({"name": "minilm-l6"}), task)
-        net = METHODS.get("lora")().adapt(model.net, lora)
+        net = method_for(compose_group("method", "lora")).adapt(model.net, lora)
         codec = TextCodec(model.tokenizer, 128)
         train = codec.encode(task.train)
         train.input_ids = [(ids + [0] * 128)[:128] for ids in train.input_ids]  # every sentence 128 tokens long

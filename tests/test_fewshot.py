@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tunebench.claim import check
+from tunebench.configs import compose_group
 from tunebench.frame import load_frame
 from tunebench.record import iter_records
 from tunebench.report import write_report
@@ -70,7 +71,7 @@ def digits_task():
 
 
 def method_cfg(name: str, **changes):
-    return OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml"), changes)
+    return compose_group("method", name, **changes)
 
 
 def test_rotated_digit_classes_split_disjointly_into_n_way_k_shot_tasks():

@@ -4,7 +4,8 @@ import torch
 from omegaconf import OmegaConf
 
 from tunebench.datasets import load
-from tunebench.methods import METHODS
+from tunebench.configs import compose_group
+from tunebench.methods import method_for
 from tunebench.models import build
 from tunebench.runner import run_cell
 
@@ -23,7 +24,7 @@ def test_lora_on_the_cnn_adapts_every_conv_and_linear_layer_in_closed_form():
     task = digits_task()
     torch.manual_seed(0)
     model = build(OmegaConf.create({"name": "small-cnn"}), task)
-    net = METHODS.get("lora")().adapt(model.net, OmegaConf.load(ROOT / "conf" / "method" / "lora.yaml"))
+    net = method_for(compose_group("method", "lora")).adapt(model.net, compose_group("method", "lora"))
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     r = 8
     conv1 = r * 1 * 9 + 16 * r        # A: r x (in x 3 x 3), B: out x r (1x1)
@@ -124,8 +125,8 @@ def test_frozen_batchnorm_keeps_its_running_statistics_while_peft_trains():
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 8))
 
     torch.manual_seed(0)
-    lora_cfg = OmegaConf.load(ROOT / "conf" / "method" / "lora.yaml")
-    adapted = METHODS.get("lora")().adapt(ImageClassifier(body(), 8, 10), lora_cfg)
+    lora_cfg = compose_group("method", "lora")
+    adapted = method_for(compose_group("method", "lora")).adapt(ImageClassifier(body(), 8, 10), lora_cfg)
     full = ImageClassifier(body(), 8, 10)
     for net in (adapted, full):
         train_mode(net)

@@ -3,13 +3,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from tunebench.meter import parameter_counts
-from tunebench.methods import METHODS
+from tunebench.configs import compose_group
+from tunebench.methods import method_for
 from tunebench.engine import batch_order, eval_steps
 from tunebench.models import build
 
 from .test_tasks import CONF
 
-METHOD_CONF = CONF.parent / "method"
 HEAD = ("classifier",)
 
 
@@ -20,8 +20,8 @@ class TwoClassTask:
 
 def adapted_counts(model_cfg, method: str, **overrides):
     model = build(OmegaConf.create(model_cfg), TwoClassTask())
-    cfg = OmegaConf.merge(OmegaConf.load(METHOD_CONF / f"{method}.yaml"), overrides)
-    net = METHODS.get(method)().adapt(model.net, cfg)
+    cfg = compose_group("method", method, **overrides)
+    net = method_for(cfg).adapt(model.net, cfg)
     return parameter_counts(net, HEAD)
 
 
@@ -39,6 +39,12 @@ def test_tiny_bert_counts_match_closed_form(tiny_bert_dir):
     assert prompt["params_trainable_excl_head"] == 10 * hidden
     ia3 = adapted_counts(cfg, "ia3")  # key, value (h each), attention output (h) and FFN output (intermediate)
     assert ia3["params_trainable_excl_head"] == layers * (hidden + hidden + hidden + 64)
+    dora = adapted_counts(cfg, "dora")  # LoRA + one magnitude per output feature of each adapted layer
+    assert dora["params_trainable_excl_head"] == lora["params_trainable_excl_head"] + layers * 2 * hidden
+    rslora = adapted_counts(cfg, "rslora")  # the same matrices, another scaling
+    assert rslora["params_trainable"] == lora["params_trainable"]
+    loha = adapted_counts(cfg, "loha")  # two rank-r factor pairs per layer: 2 x (h x r + r x h)
+    assert loha["params_trainable_excl_head"] == 2 * lora["params_trainable_excl_head"]
 
 
 def test_roberta_base_paper_check_counts():
@@ -62,5 +68,5 @@ def test_data_order_and_eval_schedule_depend_only_on_seed_and_size():
 
 
 def test_unknown_target_module_fails_clearly(tiny_bert_dir):
-    with pytest.raises(ValueError, match="nosuch"):
-        adapted_counts({"name": str(tiny_bert_dir)}, "lora", target_modules=["nosuch"])
+    with pytest.raises(ValueError, match=r"method=lora: peft could not adapt .*linear modules of this model are named .*query"):
+        adapted_counts({"name": str(tiny_bert_dir)}, "lora", peft={"target_modules": ["nosuch"]})

@@ -6,17 +6,21 @@ from tunebench.methods import METHODS
 from tunebench.registry import Registry, UnknownNameError
 
 
-def test_unknown_method_lists_available_ones():
+def test_unknown_method_implementation_lists_available_ones():
+    from omegaconf import OmegaConf
+
+    from tunebench.methods import method_for
+
     with pytest.raises(UnknownNameError) as info:
-        METHODS.get("nosuch")
+        method_for(OmegaConf.create({"name": "mine", "impl": "nosuch"}))
     message = str(info.value)
     assert "unknown method 'nosuch'" in message
-    for name in ("full", "lora", "prefix", "ia3", "prompt"):
+    for name in ("full", "peft", "maml", "continual", "clip_peft"):
         assert name in message
 
 
 def test_builtin_registries_hold_the_core_slice():
-    assert {"full", "lora", "prefix", "ia3", "prompt"} <= set(METHODS.names())
+    assert {"full", "peft", "maml", "fs_encoder", "continual", "clip_peft"} <= set(METHODS.names())
     assert {"rotten_tomatoes", "imdb", "files", "hf"} <= set(TASKS.names())
     assert "none" in REFINEMENTS.names()
 

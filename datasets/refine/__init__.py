@@ -9,8 +9,7 @@ from tunebench.seeding import isolated_rng
 
 from ..task import Task
 
-REFINEMENTS: Registry = Registry("refinement", plugin_modules=tuple(
-    f"tunebench.datasets.refine.{name}" for name in ("none", "validated", "synthetic", "augmented", "ssl", "active")))
+REFINEMENTS: Registry = Registry("refinement", package=__name__)  # every module here that registers one
 
 
 class AwaitingLabels(Exception):
