@@ -1,117 +1,201 @@
-"""`tunebench perf`: harness overhead and LoRA / full step time, measured in one process.
+"""`tunebench perf`: the harness's overhead, LoRA / full step time, and a whole cell against HF Trainer.
 
-Times the same LoRA training steps (same model, same batches, same optimiser and schedule) through
-the harness's training loop (cost meter, progress bar, NaN checks, data collation) and through a
-minimal hand-written PyTorch loop, alternating the two over several rounds; reports the ratio of
-median round times (goal <= 1.03). Then times full fine-tuning steps through the harness for the
-LoRA / full step-time ratio. A benchmark, not a test: numbers depend on the machine.
+Steps (default): three arms train in one process on the same batches: a minimal hand-written PyTorch
+LoRA loop, LoRA through the engine (metering, divergence guard, progress, hooks, checkpoint checks),
+and full fine-tuning through the engine. They run in small interleaved blocks whose order rotates
+every round, so a load change on a shared machine hits every arm alike; each round gives paired
+ratios (engine LoRA / hand loop, LoRA / full) of wall time and of process CPU time, and the report is
+their median with the min-max spread. Goal: overhead ratio <= 1.03.
+
+Cell (`--cell`): one `tunebench run` cell (default LoRA on Rotten Tomatoes) against the same job written
+with HF `Trainer` + peft (same data, model, adapter, optimiser, schedule, steps and evaluations; see
+`tunebench.hf_trainer_cell`), each as its own process, alternating; wall and CPU ratios per pair.
+Goal: tunebench / Trainer <= 1.0. Benchmarks, not tests: the numbers depend on the machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from tunebench.checkpoint import RunCheckpoint
 from tunebench.meter import CostMeter
 
 
-def _setup(method_name: str, steps: int, batch_size: int, seed: int):
-    from tunebench.configs import compose_group
-    from tunebench.datasets import load
-    from tunebench.methods import method_for
-    from tunebench.methods.classifier import TextCodec, batch_order, encode, make_optimizer
-    from tunebench.models import build
+# -- step blocks ---------------------------------------------------------------------------------------
+class Arm:
+    """One arm's model, optimiser and batches; `block()` trains `steps` steps, timed."""
 
-    data_cfg = compose_group("data", "rotten_tomatoes")
-    method_cfg = compose_group("method", method_name)
-    torch.manual_seed(seed)
-    task = load(data_cfg)
-    method = method_for(method_cfg)
-    model = build(OmegaConf.create({"name": "minilm-l6"}), task)
-    model.net = method.adapt(model.net, method_cfg)
-    train = encode(model.tokenizer, task.train, int(data_cfg.max_length))
-    batches = batch_order(len(train), batch_size, 1, seed)[:steps]
-    optimizer, scheduler = make_optimizer(model.net, OmegaConf.create({}), float(method_cfg.lr), len(batches))
-    return method, model, train, batches, optimizer, scheduler, TextCodec(model.tokenizer, 0)
+    def __init__(self, label: str, method_name: str, steps: int, batch_size: int, seed: int, through_engine: bool):
+        from tunebench.configs import compose_group
+        from tunebench.datasets import load
+        from tunebench.methods import method_for
+        from tunebench.methods.classifier import TextCodec, batch_order, encode, make_optimizer
+        from tunebench.models import build
+
+        data_cfg = compose_group("data", "rotten_tomatoes")
+        method_cfg = compose_group("method", method_name)
+        torch.manual_seed(seed)
+        task = load(data_cfg)
+        model = build(compose_group("model", "minilm"), task)
+        self.label, self.through_engine = label, through_engine
+        self.net, self.tokenizer = method_for(method_cfg).adapt(model.net, method_cfg), model.tokenizer
+        self.train = encode(model.tokenizer, task.train, int(data_cfg.max_length))
+        self.batches = batch_order(len(self.train), batch_size, 1, seed)[:steps]
+        # A constant schedule: every block repeats the same steps, so blocks are comparable.
+        self.optimizer, _ = make_optimizer(self.net, method_cfg, float(method_cfg.lr), len(self.batches))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        self.codec = TextCodec(model.tokenizer, 0)
+
+    def block(self) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) of one block of steps."""
+        run = self._engine_block if self.through_engine else self._hand_block
+        return run()
+
+    def _engine_block(self) -> tuple[float, float]:
+        from tunebench.engine import Engine, TrainSettings
+        from tunebench.methods.classifier import ClassifierJob
+
+        meter = CostMeter("cpu")  # its memory baseline (malloc_trim, a run's start-up cost) is not per step
+        job = ClassifierJob(self.label, self.net, self.codec, self.train, None, self.batches, self.optimizer, self.scheduler, 128)
+        job.evaluates = False
+        # As in a local run: a checkpoint that is written only on preemption.
+        engine = Engine(job, len(self.batches), TrainSettings(), meter,
+                        checkpoint=RunCheckpoint(Path(tempfile.gettempdir()) / "tb-perf.pt", 0))
+        wall, cpu = time.perf_counter(), time.process_time()
+        engine.run()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def _hand_block(self) -> tuple[float, float]:
+        """The minimal loop a researcher would write by hand."""
+        net, tok = self.net, self.tokenizer
+        wall, cpu = time.perf_counter(), time.process_time()
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        for indices in self.batches:
+            batch = tok.pad({"input_ids": [self.train.input_ids[i] for i in indices]}, return_tensors="pt")
+            batch["labels"] = torch.as_tensor(self.train.labels[indices])
+            loss = net(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _harness_round(method, model, train, batches, optimizer, scheduler, codec) -> float:
-    from tunebench.engine import Engine, TrainSettings
-    from tunebench.methods.classifier import ClassifierJob
-
-    meter = CostMeter("cpu").start()
-    job = ClassifierJob(method.name, model.net, codec, train, None, batches, optimizer, scheduler, 128)
-    job.evaluates = False
-    # As in a local run: a checkpoint that is written only on preemption.
-    engine = Engine(job, len(batches), TrainSettings(), meter,
-                    checkpoint=RunCheckpoint(Path(tempfile.gettempdir()) / "tb-perf.pt", 0))
-    start = time.perf_counter()
-    engine.run()
-    elapsed = time.perf_counter() - start
-    meter.stop()
-    return elapsed
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
 
 
-def _hand_round(model, train, batches, optimizer, scheduler) -> float:
-    """The minimal loop a researcher would write by hand."""
-    net, tok = model.net, model.tokenizer
-    start = time.perf_counter()
-    net.train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    for indices in batches:
-        batch = tok.pad({"input_ids": [train.input_ids[i] for i in indices]}, return_tensors="pt")
-        batch["labels"] = torch.as_tensor(train.labels[indices])
-        loss = net(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+def paired(times: dict, a: str, b: str, kind: int) -> dict:
+    """Per-round ratio of arm a to arm b (kind 0: wall, 1: CPU)."""
+    return spread([x[kind] / y[kind] for x, y in zip(times[a], times[b])])
 
 
-def run(steps: int, rounds: int, batch_size: int, seed: int = 0) -> dict:
+def steps_benchmark(steps: int, rounds: int, batch_size: int, seed: int = 0) -> dict:
     from tunebench.runner import _quiet_libraries
 
     _quiet_libraries()
-    lora = _setup("lora", steps, batch_size, seed)
-    method, model, train, batches, optimizer, scheduler, _ = lora
-    _hand_round(model, train, batches, optimizer, scheduler)  # warm-up: allocator, kernels, caches
-    harness, hand = [], []
-    for _ in range(rounds):
-        harness.append(_harness_round(*lora))
-        hand.append(_hand_round(model, train, batches, optimizer, scheduler))
-    full = _setup("full", steps, batch_size, seed)
-    _harness_round(*full)  # warm-up
-    full_times = [_harness_round(*full) for _ in range(rounds)]
-    lora_step = statistics.median(harness) / steps
-    full_step = statistics.median(full_times) / steps
+    arms = [Arm("hand", "lora", steps, batch_size, seed, False), Arm("lora", "lora", steps, batch_size, seed, True),
+            Arm("full", "full", steps, batch_size, seed, True)]
+    arms[1].net, arms[1].optimizer, arms[1].scheduler = arms[0].net, arms[0].optimizer, arms[0].scheduler  # one LoRA model
+    for arm in arms:
+        arm.block()  # warm-up: allocator, kernels, caches
+    times = {arm.label: [] for arm in arms}
+    for r in range(rounds):
+        for arm in arms[r % 3:] + arms[:r % 3]:  # rotate the order: no arm always runs first
+            times[arm.label].append(arm.block())
     return {
-        "steps_per_round": steps, "rounds": rounds, "batch_size": batch_size, "threads": torch.get_num_threads(),
-        "lora_harness_round_s": harness, "lora_hand_round_s": hand, "full_harness_round_s": full_times,
-        "harness_overhead_ratio": statistics.median(harness) / statistics.median(hand),
-        "lora_step_s": lora_step, "full_step_s": full_step, "lora_over_full_step_ratio": lora_step / full_step,
+        "steps_per_block": steps, "rounds": rounds, "batch_size": batch_size, "threads": torch.get_num_threads(),
+        "block_seconds": {k: [list(t) for t in v] for k, v in times.items()},
+        "overhead_wall": paired(times, "lora", "hand", 0), "overhead_cpu": paired(times, "lora", "hand", 1),
+        "lora_over_full_wall": paired(times, "lora", "full", 0), "lora_over_full_cpu": paired(times, "lora", "full", 1),
     }
+
+
+# -- whole cells ------------------------------------------------------------------------------------------
+def _timed_process(command: list[str], env: dict) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all threads) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cell_commands(workdir: Path, max_steps: int, evals: int, train_size: int) -> dict:
+    shared = [f"data.train_size={train_size}", f"train.max_steps={max_steps}", f"train.evals={evals}"]
+    return {
+        "tunebench": [sys.executable, "-m", "tunebench.run", "method=lora", "logger=none", "force=true",
+                      "sweep=perf_cell", *shared],
+        "trainer": [sys.executable, "-m", "tunebench.hf_trainer_cell", "--out", str(workdir / "trainer"),
+                    f"--max-steps={max_steps}", f"--evals={evals}", f"--train-size={train_size}"],
+    }
+
+
+def cell_benchmark(pairs: int, max_steps: int, evals: int, train_size: int) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="tb-perf-cell-"))
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(workdir / "results"), "WANDB_MODE": "offline",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    commands = cell_commands(workdir, max_steps, evals, train_size)
+    times = {"tunebench": [], "trainer": []}
+    for k in range(pairs):
+        order = ["tunebench", "trainer"] if k % 2 == 0 else ["trainer", "tunebench"]
+        for name in order:
+            times[name].append(_timed_process(commands[name], env))
+    return {"pairs": pairs, "max_steps": max_steps, "evals": evals, "train_size": train_size,
+            "process_seconds": {k: [list(t) for t in v] for k, v in times.items()},
+            "cell_wall": paired(times, "tunebench", "trainer", 0), "cell_cpu": paired(times, "tunebench", "trainer", 1)}
+
+
+def _line(name: str, s: dict, goal: str = "") -> str:
+    return f"{name}: {s['median']:.3f} (min {s['min']:.3f}, max {s['max']:.3f}){goal}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunebench perf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="training steps per timed round (default 20)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per arm; medians are reported (default 5)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per block (default 10)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of interleaved blocks (default 6)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cell", action="store_true", help="also compare a whole tunebench cell with HF Trainer")
+    parser.add_argument("--cell-only", action="store_true", help="only the whole-cell comparison")
+    parser.add_argument("--pairs", type=int, default=2, help="alternating tunebench / Trainer process pairs (default 2)")
+    parser.add_argument("--cell-steps", type=int, default=30, help="training steps of each cell (default 30)")
+    parser.add_argument("--cell-evals", type=int, default=2, help="validation evaluations in each cell (default 2)")
+    parser.add_argument("--cell-train-size", type=int, default=2000, help="training sentences (default 2000, as experiment=quick)")
     parser.add_argument("--out", type=Path, default=Path("results/perf/perf.json"))
     args = parser.parse_args(argv)
-    result = run(args.steps, args.rounds, args.batch_size)
+    result = {"machine_load_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+    if not args.cell_only:
+        result["steps"] = steps_benchmark(args.steps, args.rounds, args.batch_size)
+        s = result["steps"]
+        print(_line("engine LoRA / hand loop, wall", s["overhead_wall"], "  (goal <= 1.03)"))
+        print(_line("engine LoRA / hand loop, CPU ", s["overhead_cpu"]))
+        print(_line("LoRA / full step, wall", s["lora_over_full_wall"]))
+        print(_line("LoRA / full step, CPU ", s["lora_over_full_cpu"]))
+        print(f"({args.rounds} rounds x 3 arms x {args.steps} steps, batch {args.batch_size}, {s['threads']} threads)")
+    if args.cell or args.cell_only:
+        result["cell"] = cell_benchmark(args.pairs, args.cell_steps, args.cell_evals, args.cell_train_size)
+        c = result["cell"]
+        print(_line("tunebench cell / HF Trainer cell, wall", c["cell_wall"], "  (goal <= 1.0)"))
+        print(_line("tunebench cell / HF Trainer cell, CPU ", c["cell_cpu"]))
+        print(f"({args.pairs} alternating pairs of processes, {args.cell_steps} steps, {args.cell_evals} evaluations)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"LoRA steps through the harness / minimal PyTorch loop: {result['harness_overhead_ratio']:.3f}  (goal <= 1.03)")
-    print(f"LoRA step {result['lora_step_s']:.3f} s / full step {result['full_step_s']:.3f} s = {result['lora_over_full_step_ratio']:.3f}")
-    print(f"({args.rounds} rounds x {args.steps} steps, batch {args.batch_size}, {result['threads']} threads) -> {args.out}")
+    print(f"load average at start {result['machine_load_1min']:.2f} on {result['cpu_count']} CPUs -> {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
