@@ -29,6 +29,20 @@ class Model:
     head_prefixes: tuple[str, ...] = ("classifier", "score")
 
 
+@dataclass(frozen=True)
+class ModelFactory:
+    """Untrained copies of the run's model architecture, for a refinement that pretrains its weights
+    (refine=ssl): the runner builds the run's model; a refinement gets this and returns weights."""
+
+    config: Any  # the `model` config node (also part of artefact cache keys)
+
+    def __call__(self, task, init: dict | None = None) -> Model:
+        return build(self.config, task, init)
+
+    def get(self, key: str, default=None):
+        return self.config.get(key, default)
+
+
 def resolve_source(name: str) -> tuple[str, bool]:
     """(where to load from, whether it is local). Packaged names and existing paths never touch a hub."""
     if name in PACKAGED.names():

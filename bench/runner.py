@@ -18,6 +18,7 @@ from tunebench.checkpoint import RunCheckpoint, checkpoint_every
 from tunebench.engine import TrainSettings, lr_for
 from tunebench.loggers import LOGGERS
 from tunebench.meter import CostMeter
+from tunebench.models import ModelFactory
 from tunebench.run_context import RunContext
 from tunebench.seeding import seed_everything
 
@@ -130,7 +131,7 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
     checkpoint = RunCheckpoint(Path(cfg.paths.checkpoints) / str(cfg.sweep) / rid / "train.pt", checkpoint_every(cfg))
     ctx = {"seed": int(cfg.seed), "cache_dir": Path(cfg.paths.cache), "run_id": rid, "log_metrics": logger.log,
-           "checkpoint": checkpoint, "model_cfg": cfg.model}
+           "checkpoint": checkpoint, "model": ModelFactory(cfg.model)}
     log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
     try:
         _execute(cfg, record, ctx)

@@ -19,6 +19,19 @@ class Requeued(BaseException):
     """What submitit's handler does after requeueing: leave the process (it calls sys.exit)."""
 
 
+def run_until_requeued(cfg) -> None:
+    """Run a cell under a launcher whose preemption handler checkpoints and requeues (leaves the process)."""
+    def launcher_handler(signum, frame):  # stands in for submitit's checkpoint-and-requeue
+        raise Requeued()
+
+    previous = signal.signal(signal.SIGUSR1, launcher_handler)
+    try:
+        with pytest.raises(Requeued):
+            run_cell(cfg)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def _preempt_at(monkeypatch, step_to_signal: int) -> list:
     """Send SIGUSR1 to ourselves during training step `step_to_signal`, like `scancel --signal=USR1`."""
     calls = []
@@ -42,17 +55,8 @@ def test_preempted_run_resumes_from_its_checkpoint_with_identical_results(tmp_pa
     [uninterrupted] = records(tmp_path / "ref")
 
     cfg = compose_cfg(tmp_path, monkeypatch, *overrides)
-
-    def launcher_handler(signum, frame):  # stands in for submitit's checkpoint-and-requeue
-        raise Requeued()
-
-    previous = signal.signal(signal.SIGUSR1, launcher_handler)
-    try:
-        _preempt_at(monkeypatch, 3)
-        with pytest.raises(Requeued):
-            run_cell(cfg)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    _preempt_at(monkeypatch, 3)
+    run_until_requeued(cfg)
     assert not (tmp_path / "results" / "runs" / "t").exists()  # no record yet: the job was requeued
     checkpoint = tmp_path / "results" / "checkpoints" / "t" / uninterrupted["run_id"] / "train.pt"
     assert checkpoint.exists()
@@ -104,17 +108,8 @@ def test_every_family_that_trains_in_steps_resumes_to_the_same_result(family, tm
     assert run_cell(compose_cfg(tmp_path / "ref", monkeypatch, *overrides)) == "ok"
     [uninterrupted] = records(tmp_path / "ref")
     cfg = compose_cfg(tmp_path, monkeypatch, *overrides)
-
-    def launcher_handler(signum, frame):
-        raise Requeued()
-
-    previous = signal.signal(signal.SIGUSR1, launcher_handler)
-    try:
-        _preempt_engine_at(monkeypatch, 2)
-        with pytest.raises(Requeued):
-            run_cell(cfg)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    _preempt_engine_at(monkeypatch, 2)
+    run_until_requeued(cfg)
     monkeypatch.undo()
     monkeypatch.setenv("TUNEBENCH_RESULTS", str(tmp_path / "results"))
     steps = _preempt_engine_at(monkeypatch, 10**6)

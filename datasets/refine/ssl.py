@@ -1,8 +1,8 @@
 """`ssl`: self-supervised contrastive pretraining of the run's encoder on the unlabeled pool.
 
-The run's model (`ctx["model_cfg"]`) is built for the task and its encoder is pretrained on
+An untrained copy of the run's architecture (the runner's `ctx["model"]`, a ModelFactory) is built for the task and its encoder is pretrained on
 `task.pool.x` (the pool's labels are never read); the encoder weights come back as `Refined.init`,
-which `tunebench.models.build(model_cfg, task, init)` loads with strict=False. The task head is not
+which `tunebench.models.build(model_factory, task, init)` loads with strict=False. The task head is not
 in `init`, so it stays freshly initialised; the training split is unchanged.
 
 - images: SimCLR (Chen et al. 2020). Two augmented views of each image (random resized crop with a
@@ -285,13 +285,12 @@ def simcse_pretrain(encoder: nn.Module, tokenizer, texts: list[str], s: dict, ge
 
 # ---------------------------------------------------------------- building the init
 
-def fresh_model(model_cfg, task, seed: int):
-    """The run's architecture for `task` at the random init that `seed` gives (global RNG untouched)."""
-    from tunebench.models import build
-
+def fresh_model(model_factory, task, seed: int):
+    """The run's architecture for `task` (model_factory: the runner's ModelFactory) at the random init that
+    `seed` gives (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build(model_cfg, task)
+        return model_factory(task)
 
 
 def encoder_prefix(model, task) -> str:
@@ -309,27 +308,27 @@ def encoder_state(model, task) -> dict[str, torch.Tensor]:
     return state
 
 
-def align_clip(task, model_cfg, s: dict, seed: int) -> tuple[dict[str, torch.Tensor], list[float], int]:
+def align_clip(task, model_factory, s: dict, seed: int) -> tuple[dict[str, torch.Tensor], list[float], int]:
     """Image-text: contrastive alignment of a CLIP's projections on the training pairs (towers locked)."""
     from tunebench.clip_models import align_projections, aligned_state
 
     images, captions = alignment_pairs(task, s["pool_size"])
-    model = fresh_model(model_cfg, task, seed)
+    model = fresh_model(model_factory, task, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         losses = align_projections(model, images, captions, s, torch.Generator().manual_seed(seed))
     return aligned_state(model), losses, len(images)
 
 
-def pretrain(task, model_cfg, s: dict, seed: int) -> tuple[dict[str, torch.Tensor], list[float], int]:
+def pretrain(task, model_factory, s: dict, seed: int) -> tuple[dict[str, torch.Tensor], list[float], int]:
     """(encoder state dict, per-step losses, pool examples used)."""
     if task.modality == "image-text":
-        state, losses, used = align_clip(task, model_cfg, s, seed)
+        state, losses, used = align_clip(task, model_factory, s, seed)
         if not all(math.isfinite(v) for v in losses):
             raise FloatingPointError(f"ssl alignment diverged (non-finite loss); lower refine.ssl.lr={s['lr']}")
         return state, losses, used
     inputs = pool_inputs(task, s["pool_size"])
-    model = fresh_model(model_cfg, task, seed)
+    model = fresh_model(model_factory, task, seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG; keep the caller's stream intact
         torch.manual_seed(seed)
@@ -337,7 +336,7 @@ def pretrain(task, model_cfg, s: dict, seed: int) -> tuple[dict[str, torch.Tenso
             losses = simclr_pretrain(model.net.body, to_image_batch(inputs), s, generator)
         else:
             if model.tokenizer is None:
-                raise ValueError(f"refine=ssl needs a tokenizer; model.name={model_cfg.get('name')!r} has none "
+                raise ValueError(f"refine=ssl needs a tokenizer; model.name={model_factory.get('name')!r} has none "
                                  "(a config-only model cannot be pretrained)")
             losses = simcse_pretrain(model.net.base_model, model.tokenizer, [str(t) for t in inputs], s, generator)
     if not all(math.isfinite(v) for v in losses):
@@ -345,11 +344,11 @@ def pretrain(task, model_cfg, s: dict, seed: int) -> tuple[dict[str, torch.Tenso
     return encoder_state(model, task), losses, len(inputs)
 
 
-def write_artefact(folder: Path, task, model_cfg, s: dict, seed: int) -> None:
+def write_artefact(folder: Path, task, model_factory, s: dict, seed: int) -> None:
     from safetensors.torch import save_file
 
     start = time.perf_counter()
-    state, losses, used = pretrain(task, model_cfg, s, seed)
+    state, losses, used = pretrain(task, model_factory, s, seed)
     seconds = time.perf_counter() - start
     save_file(state, str(folder / "init.safetensors"))
     summary = {"method": {"image": "simclr", "text": "simcse", "image-text": "clip-alignment"}[task.modality],
@@ -367,37 +366,42 @@ def read_artefact(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(folder / "init.safetensors")), json.loads((folder / "summary.json").read_text())
 
 
-def cache_key(task, model_cfg, s: dict, seed: int) -> dict:
+def cache_key(task, model_factory, s: dict, seed: int) -> dict:
     if task.modality == "image-text":
         images, captions = alignment_pairs(task, s["pool_size"])
         data = inputs_digest([inputs_digest(images), inputs_digest(captions)])
     else:
         data = inputs_digest(list(task.pool.x[:s["pool_size"]] if s["pool_size"] is not None else task.pool.x))
     return {"version": CACHE_VERSION, "modality": task.modality, "settings": s,
-            "model": OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg),
+            "model": model_config(model_factory),
             "pool": data[:16], "seed": seed}
+
+
+def model_config(factory) -> dict:
+    config = factory.config
+    return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
 
 
 @REFINEMENTS.register("ssl")
 def ssl(task, cfg, ctx) -> Refined:
-    model_cfg = ctx.get("model_cfg")
-    if model_cfg is None or model_cfg.get("name") is None:
-        raise ValueError("refine=ssl pretrains the run's model: ctx['model_cfg'] (the `model` config) is missing")
+    model_factory = ctx.get("model")  # tunebench.models.ModelFactory: untrained copies of the run's architecture
+    if model_factory is None or model_factory.get("name") is None:
+        raise ValueError("refine=ssl pretrains the run's model architecture: the runner's model factory (ctx['model']) is missing")
     s = settings(task, cfg)
     pool_inputs(task, s["pool_size"])  # fail on an empty pool before hashing or building anything
     seed = refinement_seed(cfg, ctx)
     cache_dir = ctx.get("cache_dir")
     if cache_dir is None:  # unit tests without a cache: build in a throwaway folder
         with tempfile.TemporaryDirectory() as tmp:
-            write_artefact(Path(tmp), task, model_cfg, s, seed)
+            write_artefact(Path(tmp), task, model_factory, s, seed)
             state, summary = read_artefact(Path(tmp))
         cache_report = {}
     else:
-        entry = cached(Path(cache_dir), f"ssl-{task.modality}", cache_key(task, model_cfg, s, seed),
-                       lambda folder: write_artefact(folder, task, model_cfg, s, seed))
+        entry = cached(Path(cache_dir), f"ssl-{task.modality}", cache_key(task, model_factory, s, seed),
+                       lambda folder: write_artefact(folder, task, model_factory, s, seed))
         state, summary = read_artefact(entry.path)
         cache_report = entry.report()
-    report = {**summary, "model": str(model_cfg.get("name")), "seed": seed,
+    report = {**summary, "model": str(model_factory.get("name")), "seed": seed,
               "settings": json.loads(json.dumps(s)), **cache_report}
     return Refined(task=task, init=state, report=report)
 
