@@ -7,6 +7,9 @@ METHODS: Registry = Registry("method", package=__name__)
 
 def method_for(method_cfg):
     """The implementation that a method's YAML names, carrying the YAML's name (and modalities, if it sets them)."""
+    if not method_cfg.get("name"):
+        raise ValueError(f"method={method_cfg.get('impl', '?')}: conf/method/_*.yaml files hold defaults shared by several "
+                         f"methods, not a method; choose a method YAML (tunebench run --help lists them)")
     method = METHODS.get(str(method_cfg.get("impl") or method_cfg.name))()
     method.name = str(method_cfg.name)
     if method_cfg.get("modalities"):

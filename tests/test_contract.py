@@ -24,6 +24,13 @@ def test_every_method_yaml_is_named_after_its_file_and_resolves_to_a_registered_
         assert method.name == stem
 
 
+def test_a_shared_defaults_file_is_not_a_method():
+    from tunebench.methods import method_for
+
+    with pytest.raises(ValueError, match=r"conf/method/_\*.yaml files hold defaults shared by several methods, not a method"):
+        method_for(compose_group("method", "_peft"))
+
+
 def test_every_registered_method_is_used_by_a_yaml():
     from omegaconf import OmegaConf
 
