@@ -159,6 +159,28 @@ def cell_benchmark(pairs: int, max_steps: int, evals: int, train_size: int) -> d
             "cell_wall": paired(times, "tunebench", "trainer", 0), "cell_cpu": paired(times, "tunebench", "trainer", 1)}
 
 
+def summary_markdown(result: dict) -> str:
+    """The published table of one `tunebench perf` run (median, min-max over rounds / pairs)."""
+    rows = []
+    if "steps" in result:
+        s = result["steps"]
+        where = f"{s['rounds']} rounds x 3 arms x {s['steps_per_block']} steps, batch {s['batch_size']}, {s['threads']} threads"
+        rows += [("engine LoRA / hand-written loop, wall", s["overhead_wall"], "<= 1.03", where),
+                 ("engine LoRA / hand-written loop, CPU", s["overhead_cpu"], "", where),
+                 ("LoRA / full step, wall", s["lora_over_full_wall"], "", where),
+                 ("LoRA / full step, CPU", s["lora_over_full_cpu"], "", where)]
+    if "cell" in result:
+        c = result["cell"]
+        where = f"{c['pairs']} alternating process pairs, {c['max_steps']} steps, {c['evals']} evaluations + test"
+        rows += [("tunebench cell / HF Trainer cell, wall", c["cell_wall"], "<= 1.0", where),
+                 ("tunebench cell / HF Trainer cell, CPU", c["cell_cpu"], "", where)]
+    lines = ["| ratio | median | min - max | goal | measured over |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | **{s['median']:.3f}** | {s['min']:.3f} - {s['max']:.3f} | {goal} | {where} |" for name, s, goal, where in rows]
+    lines.append(f"\nLoad average at the start: {result['machine_load_1min']:.2f} on {result['cpu_count']} CPUs"
+                 f"{' (' + result['note'] + ')' if result.get('note') else ''}.")
+    return "\n".join(lines) + "\n"
+
+
 def _line(name: str, s: dict, goal: str = "") -> str:
     return f"{name}: {s['median']:.3f} (min {s['min']:.3f}, max {s['max']:.3f}){goal}"
 
@@ -174,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-steps", type=int, default=30, help="training steps of each cell (default 30)")
     parser.add_argument("--cell-evals", type=int, default=2, help="validation evaluations in each cell (default 2)")
     parser.add_argument("--cell-train-size", type=int, default=2000, help="training sentences (default 2000, as experiment=quick)")
-    parser.add_argument("--out", type=Path, default=Path("results/perf/perf.json"))
+    parser.add_argument("--note", default="", help="what else ran on the machine (kept in the output)")
+    parser.add_argument("--out", type=Path, default=Path("results/perf/perf.json"),
+                        help="JSON of every block; a markdown summary is written next to it (.md)")
     args = parser.parse_args(argv)
-    result = {"machine_load_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+    result = {"machine_load_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(), "note": args.note}
     if not args.cell_only:
         result["steps"] = steps_benchmark(args.steps, args.rounds, args.batch_size)
         s = result["steps"]
@@ -193,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({args.pairs} alternating pairs of processes, {args.cell_steps} steps, {args.cell_evals} evaluations)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(summary_markdown(result))
     print(f"load average at start {result['machine_load_1min']:.2f} on {result['cpu_count']} CPUs -> {args.out}")
     return 0
 
