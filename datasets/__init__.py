@@ -1,7 +1,7 @@
 """Tasks: built-in offline tasks, local files, HuggingFace hub datasets and image-text pairs, behind one `load`."""
 from __future__ import annotations
 
-from tunebench.registry import Registry
+from tunebench.core.registry import Registry
 
 from .task import Split, Task
 

@@ -1,6 +1,6 @@
 """Fine-tuning methods. Every module of this package is imported on first lookup and registers its
 implementations; a method's YAML (`conf/method/<name>.yaml`) names one with `impl` (default: its name)."""
-from tunebench.registry import Registry
+from tunebench.core.registry import Registry
 
 METHODS: Registry = Registry("method", package=__name__)
 

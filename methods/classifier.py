@@ -15,9 +15,9 @@ import torch
 from sklearn.metrics import f1_score
 from transformers import get_linear_schedule_with_warmup
 
-from tunebench.engine import TrainJob, TrainSettings, batch_order
-from tunebench.meter import CostMeter
-from tunebench.run_context import Result, RunContext
+from tunebench.core.engine import TrainJob, TrainSettings, batch_order
+from tunebench.core.meter import CostMeter
+from tunebench.core.run_context import Result, RunContext
 
 log = logging.getLogger("tunebench")
 

@@ -1,6 +1,6 @@
 """Multimodal fine-tuning of CLIP models (open_clip) on image-text tasks.
 
-Every mode starts from the run's CLIP (bench/clip_models.py: the packaged EfficientNet-Lite0 + MiniLM
+Every mode starts from the run's CLIP (bench/core/clip_models.py: the packaged EfficientNet-Lite0 + MiniLM
 towers, whose projections `refine=ssl` aligns, or any open_clip model) and, except the probe,
 fine-tunes it contrastively on the training pairs with open_clip's `ClipLoss` (image and caption of a
 pair are positives, the rest of the batch negatives; with class-prompt captions this is FLYP,
@@ -36,8 +36,8 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from tunebench.datasets.pairs import class_prompts
-from tunebench.engine import Outcome, TrainJob
-from tunebench.run_context import Result, RunContext
+from tunebench.core.engine import Outcome, TrainJob
+from tunebench.core.run_context import Result, RunContext
 
 from . import METHODS
 from .classifier import run_batches
@@ -110,7 +110,7 @@ class ClipMethod:
     # -- scoring --------------------------------------------------------------------------------------
     def evaluate(self, split: str, retrieval: bool = True) -> dict:
         """Zero-shot predictions and (test) retrieval recall of the current weights on `split`."""
-        from tunebench.clip_models import embed_images, embed_texts, retrieval_recall, zero_shot_predictions
+        from tunebench.core.clip_models import embed_images, embed_texts, retrieval_recall, zero_shot_predictions
 
         data = getattr(self.task, split)
         images = embed_images(self.model, data.x)
@@ -217,7 +217,7 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 def unlock_projection(net, tower: str):
     """A locked tower's projection still trains (open_clip's ViT / text transformer locks freeze it too)."""
-    from tunebench.clip_models import tower_projection_names
+    from tunebench.core.clip_models import tower_projection_names
 
     names = set(tower_projection_names(net, tower))
     for n, p in net.named_parameters():
@@ -288,7 +288,7 @@ class ProbeMethod(ClipMethod):
     def fit_evaluate(self, run: RunContext) -> Result:
         from sklearn.linear_model import LogisticRegression
 
-        from tunebench.clip_models import embed_images
+        from tunebench.core.clip_models import embed_images
 
         model, task, meter = run.model, run.task, run.meter
         if not task.classes:

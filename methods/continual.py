@@ -35,10 +35,10 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunebench.engine import DivergenceGuard, MeterHook, train_mode
-from tunebench.meter import CostMeter
-from tunebench.registry import Registry
-from tunebench.run_context import Result, RunContext
+from tunebench.core.engine import DivergenceGuard, MeterHook, train_mode
+from tunebench.core.meter import CostMeter
+from tunebench.core.registry import Registry
+from tunebench.core.run_context import Result, RunContext
 
 from . import METHODS
 from .classifier import SequenceClassifierMethod

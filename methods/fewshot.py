@@ -50,8 +50,8 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunebench.engine import DivergenceGuard, Outcome, TrainJob, batch_order
-from tunebench.run_context import Result, RunContext
+from tunebench.core.engine import DivergenceGuard, Outcome, TrainJob, batch_order
+from tunebench.core.run_context import Result, RunContext
 
 from . import METHODS
 from .fewshot_tasks import FewShotTask, TaskSampler, confidence_interval, meta_splits
@@ -117,7 +117,7 @@ def weights_digest(module: nn.Module) -> str:
 
 def cached_embeddings(model, texts: list[str], max_length: int, cache_dir: Path | None) -> tuple[torch.Tensor, dict]:
     """Frozen sentence embeddings of `texts`, cached by (encoder weights, texts, max_length)."""
-    from tunebench.cache import cached
+    from tunebench.core.cache import cached
     from tunebench.datasets.task import inputs_digest
 
     if cache_dir is None:

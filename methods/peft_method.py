@@ -65,7 +65,7 @@ class PeftMethod(SequenceClassifierMethod):
     modalities = ("text", "image")
 
     def adapt(self, net, method_cfg):
-        from tunebench.image_models import ImageClassifier
+        from tunebench.core.image_models import ImageClassifier
 
         if isinstance(net, ImageClassifier):
             return self._adapt_image(net, method_cfg)
@@ -90,7 +90,7 @@ class PeftMethod(SequenceClassifierMethod):
             net.base_model.rankallocator.set_total_step(steps)
 
     def _adapt_image(self, net, m):
-        from tunebench.image_models import add_visual_prompt, conv_and_linear_names
+        from tunebench.core.image_models import add_visual_prompt, conv_and_linear_names
 
         if m.get("image_adapter") == "visual_prompt":
             # A convolutional model has no tokens to prefix; its counterpart is visual prompting (Bahng et al.

@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNEBENCH = [sys.executable, "-m", "tunebench.cli"]
+TUNEBENCH = [sys.executable, "-m", "tunebench.app.cli"]
 
 # Small but real settings for CLI runs: packaged MiniLM, few sentences, no wandb.
 TINY = [
@@ -28,7 +28,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer random BERT saved as a local HF folder with the packaged MiniLM tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from tunebench.models import resolve_source
+    from tunebench.core.models import resolve_source
 
     out = tmp_path_factory.mktemp("tiny-bert")
     minilm, _ = resolve_source("minilm-l6")

@@ -1,6 +1,6 @@
 """`tunebench artefacts`: cache entries found in the records' refinement reports, builds counted per key."""
-from tunebench import record as rec
-from tunebench.artefacts import artefact_frame, cache_uses, main, summarize
+from tunebench.core import record as rec
+from tunebench.app.artefacts import artefact_frame, cache_uses, main, summarize
 
 
 def write(sweep, rid, refinements):

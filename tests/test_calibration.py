@@ -1,4 +1,4 @@
-"""The claim's error rates by simulation with a known truth (tunebench.calibration; no training).
+"""The claim's error rates by simulation with a known truth (tunebench.app.calibration; no training).
 
 For 2, 3 and 5 seeds and seed noise like the real records' (0.5-3 pt on 1,000 shared test examples;
 a few-shot-like 600 shared tasks; log-ratio noise 2-30%), over 2,000 simulated studies each: with the
@@ -7,7 +7,7 @@ truth exactly at the threshold, "supported" and "refuted" each come out at most 
 """
 import pytest
 
-from tunebench.calibration import Scenario, calibrate, scenarios
+from tunebench.app.calibration import Scenario, calibrate, scenarios
 
 SCENARIOS = scenarios(studies=2000)
 
@@ -33,7 +33,7 @@ def test_the_simulation_can_fail_a_miscalibrated_interval(monkeypatch):
     ignored) fail it on the shared test set."""
     import numpy as np
 
-    from tunebench import calibration, stats
+    from tunebench.app import calibration, stats
 
     def seeds_only(d, alpha=stats.ALPHA):
         return stats.seed_mean_interval(np.asarray(d).mean(axis=-1), alpha)

@@ -7,9 +7,9 @@ import time
 import pytest
 
 import tunebench.methods.classifier as classifier
-from tunebench.cache import cached
-from tunebench.checkpoint import AT_EVALS, RunCheckpoint, checkpoint_every
-from tunebench.runner import run_cell
+from tunebench.core.cache import cached
+from tunebench.core.checkpoint import AT_EVALS, RunCheckpoint, checkpoint_every
+from tunebench.app.runner import run_cell
 
 from .conftest import TINY, run_tunebench
 from .test_runner import compose_cfg, records
@@ -78,7 +78,7 @@ def test_preempted_run_resumes_from_its_checkpoint_with_identical_results(tmp_pa
 
 def _preempt_engine_at(monkeypatch, step_to_signal: int) -> list:
     """SIGUSR1 during engine step `step_to_signal`, whatever the family."""
-    from tunebench.engine import Engine
+    from tunebench.core.engine import Engine
 
     steps, real_update = [], Engine._update
 

@@ -59,7 +59,7 @@ def test_python_m_from_the_project_root_still_finds_huggingface_datasets(tmp_pat
 
     env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
     out = subprocess.run(
-        [sys.executable, "-m", "tunebench.run", "data=hf", f"data.path={folder}", f"model.name={tiny_bert_dir}",
+        [sys.executable, "-m", "tunebench.app.run", "data=hf", f"data.path={folder}", f"model.name={tiny_bert_dir}",
          "count_only=true", *TINY[:1]],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -75,7 +75,7 @@ def test_python_m_multirun_from_the_project_root_counts_cells_from_records(tmp_p
 
     env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
     out = subprocess.run(
-        [sys.executable, "-m", "tunebench.run", "-m", "method=lora", "method.name=lora,nosuch",
+        [sys.executable, "-m", "tunebench.app.run", "-m", "method=lora", "method.impl=peft,nosuch",
          f"model.name={tiny_bert_dir}", *TINY, "sweep=fromroot"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -9,11 +9,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tunebench.claim import check
-from tunebench.frame import load_frame
-from tunebench.record import iter_records
-from tunebench.report import write_report
-from tunebench.runner import run_cell
+from tunebench.app.claim import check
+from tunebench.app.frame import load_frame
+from tunebench.core.record import iter_records
+from tunebench.app.report import write_report
+from tunebench.app.runner import run_cell
 
 from .conftest import ROOT
 
@@ -73,13 +73,13 @@ def test_wiseft_interpolation_is_exact_at_both_ends():
 
 def trained_weights_changed(method: str, overrides=()) -> dict:
     """{parameter-name prefix: changed?} after a few fine-tuning steps, at the module level."""
-    from tunebench.configs import compose_group
+    from tunebench.core.configs import compose_group
     from tunebench.datasets import load
-    from tunebench.engine import TrainSettings
-    from tunebench.meter import CostMeter
+    from tunebench.core.engine import TrainSettings
+    from tunebench.core.meter import CostMeter
     from tunebench.methods import method_for
-    from tunebench.models import build
-    from tunebench.run_context import RunContext
+    from tunebench.core.models import build
+    from tunebench.core.run_context import RunContext
 
     task = load(OmegaConf.load(ROOT / "conf" / "data" / "digits_captions.yaml"))
     m_cfg = compose_group("method", method, **dict(overrides))
@@ -152,7 +152,7 @@ def test_an_open_clip_config_and_a_local_checkpoint_load_through_the_cluster_cod
     and a checkpoint file written by this test, so no download; the weights must come back exactly."""
     import open_clip
 
-    from tunebench.clip_models import build_clip, embed_texts
+    from tunebench.core.clip_models import build_clip, embed_texts
 
     spec = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
@@ -185,7 +185,7 @@ def test_pairs_without_classes_score_retrieval(tmp_path, monkeypatch):
 
 
 def test_recall_counts_captions_the_model_cannot_tell_apart_as_one_text():
-    from tunebench.clip_models import retrieval_recall
+    from tunebench.core.clip_models import retrieval_recall
 
     images = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0.8, 0, 0, 0.6]])
     texts = {"a cat": torch.tensor([1.0, 0, 0, 0]), "a dog": torch.tensor([0, 1.0, 0, 0]), "a bird": torch.tensor([0, 0, 1.0, 0])}

@@ -4,11 +4,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tunebench.claim import check
-from tunebench.frame import load_frame
-from tunebench.record import iter_records
-from tunebench.report import write_report
-from tunebench.runner import run_cell
+from tunebench.app.claim import check
+from tunebench.app.frame import load_frame
+from tunebench.core.record import iter_records
+from tunebench.app.report import write_report
+from tunebench.app.runner import run_cell
 
 from .conftest import ROOT
 from .test_runner import compose_cfg
@@ -130,9 +130,9 @@ def test_class_incremental_with_fewer_classes_than_experiences_fails_naming_the_
 
 def test_unknown_strategy_and_peft_type_fail_before_training():
     from tunebench.methods import METHODS
-    from tunebench.image_models import small_cnn
+    from tunebench.core.image_models import small_cnn
 
-    from tunebench.configs import compose_group
+    from tunebench.core.configs import compose_group
 
     method = METHODS.get("continual")()
     cfg = compose_group("method", "cl_naive")

@@ -3,7 +3,7 @@ registered implementation has a YAML, and the YAML's stem is the name it registe
 
 import pytest
 
-from tunebench.configs import compose_group
+from tunebench.core.configs import compose_group
 
 from .conftest import ROOT
 
@@ -45,7 +45,7 @@ def test_every_registered_method_is_used_by_a_yaml():
 
 @pytest.mark.parametrize("group, registry", [("data", "tunebench.datasets:TASKS"),
                                              ("refine", "tunebench.datasets.refine:REFINEMENTS"),
-                                             ("logger", "tunebench.loggers:LOGGERS")])
+                                             ("logger", "tunebench.core.loggers:LOGGERS")])
 def test_data_refinement_and_logger_yamls_match_their_registries(group, registry):
     import importlib
 
@@ -63,11 +63,11 @@ def test_plugins_are_found_without_a_list_a_new_module_registers_itself(tmp_path
     """A registry given a package imports every module in it: dropping a module in is enough."""
     import sys
 
-    from tunebench.registry import Registry
+    from tunebench.core.registry import Registry
 
     package = tmp_path / "myplugins"
     package.mkdir()
-    (package / "__init__.py").write_text("from tunebench.registry import Registry\nTHINGS = Registry('thing', package=__name__)\n")
+    (package / "__init__.py").write_text("from tunebench.core.registry import Registry\nTHINGS = Registry('thing', package=__name__)\n")
     (package / "alpha.py").write_text("from . import THINGS\n@THINGS.register('alpha')\ndef alpha():\n    return 1\n")
     (package / "beta.py").write_text("from . import THINGS\nTHINGS.register('beta')(lambda: 2)\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -47,7 +47,7 @@ def test_sweep_records_skip_report_and_claim(tmp_path):
 
 
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
-    out = run_tunebench(["run", "-m", "method=lora", "method.name=lora,nosuch", *TINY, "sweep=fail"], tmp_path)
+    out = run_tunebench(["run", "-m", "method=lora", "method.impl=peft,nosuch", *TINY, "sweep=fail"], tmp_path)
     assert out.returncode == 1  # the sweep finished, but not every cell is ok
     statuses = sorted(r["status"] for r in run_records(tmp_path, "fail"))
     assert statuses == ["failed", "ok"]

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunebench.checkpoint import RunCheckpoint
-from tunebench.engine import Diverged, Engine, Hook, TrainJob, TrainSettings, batch_order
-from tunebench.meter import CostMeter
+from tunebench.core.checkpoint import RunCheckpoint
+from tunebench.core.engine import Diverged, Engine, Hook, TrainJob, TrainSettings, batch_order
+from tunebench.core.meter import CostMeter
 
 
 class ToyJob(TrainJob):
@@ -185,10 +185,10 @@ def test_gradient_checkpointing_lowers_measured_peak_memory_on_the_default_model
     from omegaconf import OmegaConf
 
     from tunebench.datasets import load
-    from tunebench.configs import compose_group
+    from tunebench.core.configs import compose_group
     from tunebench.methods import method_for
     from tunebench.methods.classifier import ClassifierJob, TextCodec, make_optimizer
-    from tunebench.models import build
+    from tunebench.core.models import build
 
     from .conftest import ROOT
 

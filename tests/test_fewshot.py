@@ -7,12 +7,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tunebench.claim import check
-from tunebench.configs import compose_group
-from tunebench.frame import load_frame
-from tunebench.record import iter_records
-from tunebench.report import write_report
-from tunebench.runner import run_cell
+from tunebench.app.claim import check
+from tunebench.core.configs import compose_group
+from tunebench.app.frame import load_frame
+from tunebench.core.record import iter_records
+from tunebench.app.report import write_report
+from tunebench.app.runner import run_cell
 
 from .conftest import ROOT
 from .test_runner import compose_cfg
@@ -48,7 +48,7 @@ def tiny_encoder_dir(tmp_path_factory):
     cannot load as the 45-class classifier the runner builds for WordNet supersenses)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from tunebench.models import resolve_source
+    from tunebench.core.models import resolve_source
 
     out = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm-l6")[0], local_files_only=True)
@@ -228,7 +228,7 @@ def test_text_few_shot_methods_run_and_claim_pairs_fs_lora_with_fs_full(tmp_path
 def test_claim_interval_counts_few_shot_tasks_not_single_query_predictions():
     import pandas as pd
 
-    from tunebench.claim import accuracy_part
+    from tunebench.app.claim import accuracy_part
 
     rng = np.random.default_rng(0)
     tasks, per_task = 40, 25

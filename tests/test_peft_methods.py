@@ -2,8 +2,8 @@
 not in the repo is one YAML file in the classifier, few-shot and CLIP families (no code)."""
 import pytest
 
-from tunebench.record import iter_records
-from tunebench.runner import run_cell
+from tunebench.core.record import iter_records
+from tunebench.app.runner import run_cell
 
 from .test_fewshot import TEXT, tiny_encoder_dir, wordnet_or_skip  # noqa: F401  (fixture)
 from .test_runner import compose_cfg, records

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from tunebench.publish import docs, publish
+from tunebench.app.publish import docs, publish
 
 from .test_report_claim import paired_strings, write_run
 

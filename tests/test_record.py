@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tunebench import record as rec
+from tunebench.core import record as rec
 
 
 def test_run_id_depends_on_semantics_only():

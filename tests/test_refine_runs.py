@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from tunebench.runner import run_cell
+from tunebench.app.runner import run_cell
 
 from .test_images import DIGITS, digits_task
 from .test_runner import compose_cfg, records
@@ -71,7 +71,7 @@ def test_a_refinement_leaves_the_runs_random_streams_alone_whether_it_builds_or_
     from omegaconf import OmegaConf
 
     from tunebench.datasets.refine import apply_chain
-    from tunebench.seeding import seed_everything
+    from tunebench.core.seeding import seed_everything
 
     task = digits_task()
     # On a miss, synthetic trains a generator and builds a network to load it into (torch's init

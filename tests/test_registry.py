@@ -3,7 +3,7 @@ import pytest
 from tunebench.datasets import TASKS
 from tunebench.datasets.refine import REFINEMENTS
 from tunebench.methods import METHODS
-from tunebench.registry import Registry, UnknownNameError
+from tunebench.core.registry import Registry, UnknownNameError
 
 
 def test_unknown_method_implementation_lists_available_ones():

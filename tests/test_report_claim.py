@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunebench import record as rec
-from tunebench.claim import check
-from tunebench.claim import main as claim_main
-from tunebench.frame import load_frame
-from tunebench.report import pareto_front, write_report
+from tunebench.core import record as rec
+from tunebench.app.claim import check
+from tunebench.app.claim import main as claim_main
+from tunebench.app.frame import load_frame
+from tunebench.app.report import pareto_front, write_report
 
 N_TEST = 2000
 
@@ -150,7 +150,7 @@ def test_report_and_claim_name_an_empty_or_missing_sweep(tmp_path, capsys):
     assert claim_main([str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
-    from tunebench.report import main as report_main
+    from tunebench.app.report import main as report_main
 
     assert report_main([str(tmp_path / "empty")]) == 2
     assert "no run records" in capsys.readouterr().out
@@ -234,7 +234,7 @@ def test_failed_and_diverged_runs_are_listed_under_their_arm(tmp_path, capsys):
 
 
 def test_holm_adjusts_over_every_test_and_keeps_both_verdicts(tmp_path):
-    from tunebench.stats import adjust
+    from tunebench.app.stats import adjust
 
     assert adjust([0.01, 0.04, 0.03], "holm") == pytest.approx([0.03, 0.06, 0.06])
     assert adjust([0.01, 0.04, 0.03], "bonferroni") == pytest.approx([0.03, 0.12, 0.09])

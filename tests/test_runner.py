@@ -6,8 +6,8 @@ import torch
 from hydra import compose, initialize_config_module
 from transformers import BertForSequenceClassification
 
-from tunebench.record import iter_records
-from tunebench.runner import run_cell
+from tunebench.core.record import iter_records
+from tunebench.app.runner import run_cell
 
 from .conftest import TINY
 
@@ -62,11 +62,11 @@ def test_failing_cell_writes_failed_record_with_traceback(tmp_path, monkeypatch)
     assert "missing.csv" in record["error"]["message"] and "Traceback" in record["error"]["traceback"]
 
 
-def test_unknown_method_name_fails_listing_methods(tmp_path, monkeypatch):
-    cfg = compose_cfg(tmp_path, monkeypatch, "method.name=nosuch")
+def test_unknown_method_implementation_fails_listing_implementations(tmp_path, monkeypatch):
+    cfg = compose_cfg(tmp_path, monkeypatch, "method.impl=nosuch")
     assert run_cell(cfg) == "failed"
     message = records(tmp_path)[0]["error"]["message"]
-    assert "unknown method 'nosuch'" in message and "lora" in message and "prefix" in message
+    assert "unknown method 'nosuch'" in message and "peft" in message and "full" in message
 
 
 def test_nan_loss_ends_the_run_as_diverged(tmp_path, monkeypatch, tiny_bert_dir):

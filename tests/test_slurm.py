@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunebench.record import iter_records
+from tunebench.core.record import iter_records
 
 from .conftest import ROOT, TINY, run_tunebench
 
@@ -104,7 +104,7 @@ def test_sweep_runs_as_slurm_jobs_and_reports_like_a_local_run(slurm, tmp_path, 
 
 
 def test_a_raising_cell_is_failed_in_status_though_slurm_says_completed(slurm, tmp_path, tiny_bert_dir):
-    out = run_tunebench(["run", "-m", "method=lora", "method.name=lora,nosuch", "seed=0,1", *tiny(tiny_bert_dir),
+    out = run_tunebench(["run", "-m", "method=lora", "method.impl=peft,nosuch", "seed=0,1", *tiny(tiny_bert_dir),
                          *LAUNCH, "sweep=raising"], tmp_path)
     assert out.returncode == 1  # the sweep ran to the end, but not every cell is ok
     assert "4 cells: 2 ok, 2 failed" in out.stdout

@@ -11,11 +11,11 @@ from sklearn.preprocessing import StandardScaler
 
 import tunebench.datasets.refine.ssl  # noqa: F401  (registers "ssl")
 from tunebench.datasets import load
-from tunebench.models import ModelFactory
+from tunebench.core.models import ModelFactory
 from tunebench.datasets.refine import REFINEMENTS, apply_chain
 from tunebench.datasets.refine.ssl import fresh_model, to_image_batch
 from tunebench.datasets.task import Split, Task
-from tunebench.models import build
+from tunebench.core.models import build
 
 from .conftest import ROOT
 

@@ -104,7 +104,7 @@ def test_label_issue_finder_on_rotten_tomatoes_sentences(tmp_path):
 
 
 def test_sweep_cells_share_one_feature_build_and_record_the_refinement(tmp_path, monkeypatch, tiny_bert_dir):
-    from tunebench.runner import run_cell
+    from tunebench.app.runner import run_cell
 
     from .test_runner import compose_cfg, records
 

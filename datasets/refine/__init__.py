@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunebench.registry import Registry
-from tunebench.seeding import isolated_rng
+from tunebench.core.registry import Registry
+from tunebench.core.seeding import isolated_rng
 
 from ..task import Task
 

@@ -39,8 +39,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from tunebench.cache import cached, key_hash
-from tunebench.registry import Registry
+from tunebench.core.cache import cached, key_hash
+from tunebench.core.registry import Registry
 
 from . import REFINEMENTS, AwaitingLabels, Refined, refinement_seed
 from ..task import Split

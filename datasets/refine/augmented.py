@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunebench.cache import cached, stored_report
-from tunebench.registry import Registry
+from tunebench.core.cache import cached, stored_report
+from tunebench.core.registry import Registry
 
 from . import REFINEMENTS, Refined, entry_for_modality, refinement_seed
 from ..task import Split

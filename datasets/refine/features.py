@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunebench.cache import cached
-from tunebench.registry import Registry
+from tunebench.core.cache import cached
+from tunebench.core.registry import Registry
 
 from ..task import inputs_digest
 
@@ -28,7 +28,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 def minilm_embeddings(inputs: list, batch_size: int = 128) -> np.ndarray:
     from transformers import AutoModel, AutoTokenizer
 
-    from tunebench.models import resolve_source
+    from tunebench.core.models import resolve_source
 
     path, _ = resolve_source("minilm-l6")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunebench.registry import Registry
+from tunebench.core.registry import Registry
 
 log = logging.getLogger("tunebench")
 GENERATORS: Registry = Registry("image generator")

@@ -2,7 +2,7 @@
 
 An untrained copy of the run's architecture (the runner's `ctx["model"]`, a ModelFactory) is built for the task and its encoder is pretrained on
 `task.pool.x` (the pool's labels are never read); the encoder weights come back as `Refined.init`,
-which `tunebench.models.build(model_factory, task, init)` loads with strict=False. The task head is not
+which `tunebench.core.models.build(model_factory, task, init)` loads with strict=False. The task head is not
 in `init`, so it stays freshly initialised; the training split is unchanged.
 
 - images: SimCLR (Chen et al. 2020). Two augmented views of each image (random resized crop with a
@@ -39,8 +39,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunebench.cache import cached
-from tunebench.image_models import to_image_batch
+from tunebench.core.cache import cached
+from tunebench.core.image_models import to_image_batch
 
 from . import REFINEMENTS, Refined, refinement_seed
 from ..task import inputs_digest
@@ -310,7 +310,7 @@ def encoder_state(model, task) -> dict[str, torch.Tensor]:
 
 def align_clip(task, model_factory, s: dict, seed: int) -> tuple[dict[str, torch.Tensor], list[float], int]:
     """Image-text: contrastive alignment of a CLIP's projections on the training pairs (towers locked)."""
-    from tunebench.clip_models import align_projections, aligned_state
+    from tunebench.core.clip_models import align_projections, aligned_state
 
     images, captions = alignment_pairs(task, s["pool_size"])
     model = fresh_model(model_factory, task, seed)
@@ -384,7 +384,7 @@ def model_config(factory) -> dict:
 
 @REFINEMENTS.register("ssl")
 def ssl(task, cfg, ctx) -> Refined:
-    model_factory = ctx.get("model")  # tunebench.models.ModelFactory: untrained copies of the run's architecture
+    model_factory = ctx.get("model")  # tunebench.core.models.ModelFactory: untrained copies of the run's architecture
     if model_factory is None or model_factory.get("name") is None:
         raise ValueError("refine=ssl pretrains the run's model architecture: the runner's model factory (ctx['model']) is missing")
     s = settings(task, cfg)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from tunebench.cache import cached, stored_report
-from tunebench.registry import Registry
+from tunebench.core.cache import cached, stored_report
+from tunebench.core.registry import Registry
 
 from . import REFINEMENTS, Refined, entry_for_modality, refinement_seed
 from ..task import Split, inputs_digest

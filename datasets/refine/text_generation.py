@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tunebench.cache import cached
+from tunebench.core.cache import cached
 
 log = logging.getLogger("tunebench")
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

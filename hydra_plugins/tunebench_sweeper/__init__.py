@@ -18,8 +18,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 
-from tunebench import record as rec
-from tunebench.sweeper import LAUNCHED, note_cell
+from tunebench.core import record as rec
+from tunebench.app.sweeper import LAUNCHED, note_cell
 
 
 @dataclass
@@ -55,7 +55,7 @@ class TunebenchSweeper(BasicSweeper):
 
     def _note_cell(self, overrides: list[str], job_num: int) -> bool:
         """Note the cell; False if it needs no job (its ok record exists and force is off)."""
-        from tunebench.runner import semantic_config
+        from tunebench.app.runner import semantic_config
 
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         rid = rec.run_id(semantic_config(job_cfg))

@@ -31,23 +31,28 @@ class Encoded:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunebench.hf_trainer_cell", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tunebench.app.hf_trainer_cell", description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--evals", type=int, default=2)
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from tunebench.configs import compose_group
+    from tunebench.core.configs import compose_group
     from tunebench.datasets import load
     from tunebench.methods import method_for
-    from tunebench.models import build
-    from tunebench.runner import _quiet_libraries
-    from tunebench.seeding import seed_everything
+    from tunebench.core.models import build
+    from tunebench.app.runner import _quiet_libraries
+    from tunebench.core.seeding import seed_everything
 
     _quiet_libraries()
     seed_everything(args.seed)

@@ -1,11 +1,11 @@
-"""The Hydra app: `tunebench run [overrides]` or `python -m tunebench.run [overrides]`."""
+"""The Hydra app: `tunebench run [overrides]` or `python -m tunebench.app.run [overrides]`."""
 from __future__ import annotations
 
 import os
 import sys
 
 # Before submitit is imported (it reads this once): SLURM jobs get SIGUSR1 before their time limit
-# and on `scancel --signal=USR1`, then checkpoint and requeue (tunebench.checkpoint).
+# and on `scancel --signal=USR1`, then checkpoint and requeue (tunebench.core.checkpoint).
 os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
 
 import hydra  # noqa: E402
@@ -13,8 +13,8 @@ from hydra.core.plugins import Plugins  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from hydra_plugins.tunebench_sweeper import TunebenchSweeper  # noqa: E402
-from tunebench import record  # noqa: E402
-from tunebench.runner import SweepSummary, run_cell, semantic_config  # noqa: E402
+from tunebench.core import record  # noqa: E402
+from tunebench.app.runner import SweepSummary, run_cell, semantic_config  # noqa: E402
 
 
 def _run_id_of_root(*, _root_) -> str:

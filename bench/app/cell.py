@@ -1,4 +1,4 @@
-"""One cell of a local multirun in its own child process: `python -m tunebench.cell CONFIG.yaml LOGFILE`.
+"""One cell of a local multirun in its own child process: `python -m tunebench.app.cell CONFIG.yaml LOGFILE`.
 
 Hydra's basic launcher runs the cells of a multirun one after another in one process. A run's peak
 memory is its resident set above its own baseline, so in a shared process the first cell pays the
@@ -40,19 +40,19 @@ def wanted(cfg: DictConfig) -> bool:
 
 
 def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) -> str:
-    """Run the cell in `python -m tunebench.cell`; returns the status its record says.
+    """Run the cell in `python -m tunebench.app.cell`; returns the status its record says.
 
     A child that dies without a record (killed, out of memory) gets a `failed` record that says so."""
     from hydra.core.hydra_config import HydraConfig
 
-    from tunebench import record as rec
+    from tunebench.core import record as rec
 
     hydra_cfg = HydraConfig.get()
     log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"cell-{run_id}-", delete=False) as f:
         f.write(OmegaConf.to_yaml(OmegaConf.create({k: cfg[k] for k in cfg if k != "hydra"}), resolve=True))
     try:
-        proc = subprocess.run([sys.executable, "-m", "tunebench.cell", f.name, str(log_file)], env=os.environ.copy())
+        proc = subprocess.run([sys.executable, "-m", "tunebench.app.cell", f.name, str(log_file)], env=os.environ.copy())
     finally:
         Path(f.name).unlink(missing_ok=True)
     try:
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     config_file, log_file = argv
     handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(log_file)]
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", handlers=handlers)
-    from tunebench.runner import run_cell
+    from tunebench.app.runner import run_cell
 
     run_cell(OmegaConf.load(config_file), in_child=True)
     return 0

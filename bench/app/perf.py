@@ -9,7 +9,7 @@ their median with the min-max spread. Goal: overhead ratio <= 1.03.
 
 Cell (`--cell`): one `tunebench run` cell (default LoRA on Rotten Tomatoes) against the same job written
 with HF `Trainer` + peft (same data, model, adapter, optimiser, schedule, steps and evaluations; see
-`tunebench.hf_trainer_cell`), each as its own process, alternating; wall and CPU ratios per pair.
+`tunebench.app.hf_trainer_cell`), each as its own process, alternating; wall and CPU ratios per pair.
 Goal: tunebench / Trainer <= 1.0. Benchmarks, not tests: the numbers depend on the machine.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from tunebench.checkpoint import RunCheckpoint
-from tunebench.meter import CostMeter
+from tunebench.core.checkpoint import RunCheckpoint
+from tunebench.core.meter import CostMeter
 
 
 # -- step blocks ---------------------------------------------------------------------------------------
@@ -36,11 +36,11 @@ class Arm:
     """One arm's model, optimiser and batches; `block()` trains `steps` steps, timed."""
 
     def __init__(self, label: str, method_name: str, steps: int, batch_size: int, seed: int, through_engine: bool):
-        from tunebench.configs import compose_group
+        from tunebench.core.configs import compose_group
         from tunebench.datasets import load
         from tunebench.methods import method_for
         from tunebench.methods.classifier import TextCodec, batch_order, encode, make_optimizer
-        from tunebench.models import build
+        from tunebench.core.models import build
 
         data_cfg = compose_group("data", "rotten_tomatoes")
         method_cfg = compose_group("method", method_name)
@@ -62,7 +62,7 @@ class Arm:
         return run()
 
     def _engine_block(self) -> tuple[float, float]:
-        from tunebench.engine import Engine, TrainSettings
+        from tunebench.core.engine import Engine, TrainSettings
         from tunebench.methods.classifier import ClassifierJob
 
         meter = CostMeter("cpu")  # its memory baseline (malloc_trim, a run's start-up cost) is not per step
@@ -103,7 +103,7 @@ def paired(times: dict, a: str, b: str, kind: int) -> dict:
 
 
 def steps_benchmark(steps: int, rounds: int, batch_size: int, seed: int = 0) -> dict:
-    from tunebench.runner import _quiet_libraries
+    from tunebench.app.runner import _quiet_libraries
 
     _quiet_libraries()
     arms = [Arm("hand", "lora", steps, batch_size, seed, False), Arm("lora", "lora", steps, batch_size, seed, True),
@@ -134,27 +134,27 @@ def _timed_process(command: list[str], env: dict) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def cell_commands(workdir: Path, max_steps: int, evals: int, train_size: int) -> dict:
-    shared = [f"data.train_size={train_size}", f"train.max_steps={max_steps}", f"train.evals={evals}"]
+def cell_commands(workdir: Path, max_steps: int, evals: int, train_size: int, threads: int) -> dict:
+    shared = [f"data.train_size={train_size}", f"train.max_steps={max_steps}", f"train.evals={evals}", f"threads={threads}"]
     return {
-        "tunebench": [sys.executable, "-m", "tunebench.run", "method=lora", "logger=none", "force=true",
+        "tunebench": [sys.executable, "-m", "tunebench.app.run", "method=lora", "logger=none", "force=true",
                       "sweep=perf_cell", *shared],
-        "trainer": [sys.executable, "-m", "tunebench.hf_trainer_cell", "--out", str(workdir / "trainer"),
-                    f"--max-steps={max_steps}", f"--evals={evals}", f"--train-size={train_size}"],
+        "trainer": [sys.executable, "-m", "tunebench.app.hf_trainer_cell", "--out", str(workdir / "trainer"),
+                    f"--max-steps={max_steps}", f"--evals={evals}", f"--train-size={train_size}", f"--threads={threads}"],
     }
 
 
-def cell_benchmark(pairs: int, max_steps: int, evals: int, train_size: int) -> dict:
+def cell_benchmark(pairs: int, max_steps: int, evals: int, train_size: int, threads: int = 1) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="tb-perf-cell-"))
     env = {**os.environ, "TUNEBENCH_RESULTS": str(workdir / "results"), "WANDB_MODE": "offline",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    commands = cell_commands(workdir, max_steps, evals, train_size)
+    commands = cell_commands(workdir, max_steps, evals, train_size, threads)
     times = {"tunebench": [], "trainer": []}
     for k in range(pairs):
         order = ["tunebench", "trainer"] if k % 2 == 0 else ["trainer", "tunebench"]
         for name in order:
             times[name].append(_timed_process(commands[name], env))
-    return {"pairs": pairs, "max_steps": max_steps, "evals": evals, "train_size": train_size,
+    return {"pairs": pairs, "max_steps": max_steps, "evals": evals, "train_size": train_size, "threads": threads,
             "process_seconds": {k: [list(t) for t in v] for k, v in times.items()},
             "cell_wall": paired(times, "tunebench", "trainer", 0), "cell_cpu": paired(times, "tunebench", "trainer", 1)}
 
@@ -171,7 +171,8 @@ def summary_markdown(result: dict) -> str:
                  ("LoRA / full step, CPU", s["lora_over_full_cpu"], "", where)]
     if "cell" in result:
         c = result["cell"]
-        where = f"{c['pairs']} alternating process pairs, {c['max_steps']} steps, {c['evals']} evaluations + test"
+        where = (f"{c['pairs']} alternating process pairs, {c['max_steps']} steps, {c['evals']} evaluations + test, "
+                 f"{c.get('threads', 1)} thread(s)")
         rows += [("tunebench cell / HF Trainer cell, wall", c["cell_wall"], "<= 1.0", where),
                  ("tunebench cell / HF Trainer cell, CPU", c["cell_cpu"], "", where)]
     lines = ["| ratio | median | min - max | goal | measured over |", "|---|---|---|---|---|"]
@@ -187,8 +188,11 @@ def _line(name: str, s: dict, goal: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunebench perf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="training steps per block (default 10)")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of interleaved blocks (default 6)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per block (default 3)")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds of interleaved blocks (default 12)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in every arm and cell (default 1: on a shared machine, spinning "
+                             "OpenMP threads would count as CPU time)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cell", action="store_true", help="also compare a whole tunebench cell with HF Trainer")
     parser.add_argument("--cell-only", action="store_true", help="only the whole-cell comparison")
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/perf/perf.json"),
                         help="JSON of every block; a markdown summary is written next to it (.md)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     result = {"machine_load_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(), "note": args.note}
     if not args.cell_only:
         result["steps"] = steps_benchmark(args.steps, args.rounds, args.batch_size)
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_line("LoRA / full step, CPU ", s["lora_over_full_cpu"]))
         print(f"({args.rounds} rounds x 3 arms x {args.steps} steps, batch {args.batch_size}, {s['threads']} threads)")
     if args.cell or args.cell_only:
-        result["cell"] = cell_benchmark(args.pairs, args.cell_steps, args.cell_evals, args.cell_train_size)
+        result["cell"] = cell_benchmark(args.pairs, args.cell_steps, args.cell_evals, args.cell_train_size, args.threads)
         c = result["cell"]
         print(_line("tunebench cell / HF Trainer cell, wall", c["cell_wall"], "  (goal <= 1.0)"))
         print(_line("tunebench cell / HF Trainer cell, CPU ", c["cell_cpu"]))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from tunebench.registry import Registry
+from tunebench.core.registry import Registry
 
 # Packaged offline models: name -> function returning a local HF folder.
 PACKAGED = Registry("packaged model")
@@ -63,14 +63,14 @@ def build(cfg, task, init: dict | None = None) -> Model:
     if task.modality == "image":
         return _build_image(cfg, task, init)
     if task.modality == "image-text":
-        from tunebench.clip_models import build_clip
+        from tunebench.core.clip_models import build_clip
 
         return build_clip(cfg, task, init)
     return _build_text(cfg, task, init)
 
 
 def _build_image(cfg, task, init: dict | None) -> Model:
-    from tunebench.image_models import IMAGE_MODELS
+    from tunebench.core.image_models import IMAGE_MODELS
 
     name = str(cfg.name)
     if name not in IMAGE_MODELS.names():

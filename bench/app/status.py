@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench.frame import load_frame
-from tunebench.sweeper import launched_cells
+from tunebench.app.frame import load_frame
+from tunebench.app.sweeper import launched_cells
 
 COLUMNS = ["status", "task", "refine", "method", "lr", "seed", "run_id", "slurm_job_id", "error"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench.record import iter_records
+from tunebench.core.record import iter_records
 
 
 def cache_uses(report, where: str = "") -> list[dict]:

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from tunebench.registry import Registry
+from tunebench.core.registry import Registry
 
 log = logging.getLogger("tunebench")
 LOGGERS: Registry = Registry("logger")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunebench.checkpoint import RunCheckpoint
-from tunebench.engine import Engine, Hook, TrainJob, TrainSettings, autocast, lr_for
-from tunebench.meter import CostMeter
+from tunebench.core.checkpoint import RunCheckpoint
+from tunebench.core.engine import Engine, Hook, TrainJob, TrainSettings, autocast, lr_for
+from tunebench.core.meter import CostMeter
 
 
 @dataclass
@@ -21,7 +21,7 @@ class RunContext:
     train: TrainSettings        # train.*, validated
     seed: int
     task: Any                   # tunebench.datasets.task.Task
-    model: Any                  # tunebench.models.Model (net already adapted and on its device)
+    model: Any                  # tunebench.core.models.Model (net already adapted and on its device)
     meter: CostMeter
     cache_dir: Path | None = None
     checkpoint: RunCheckpoint | None = None

@@ -11,7 +11,7 @@ glibc's mmap threshold is fixed (mallopt, MMAP_THRESHOLD_BYTES) before the basel
 raises it each time a large block is freed, after which large tensors come from the heap and stay
 resident when freed, so the RSS peak measured the allocator's history as much as the run (the quick
 LoRA cell, 30 steps, three fresh processes: 779-823 MB by default, 606-642 MB with a fixed 4 MiB
-threshold at the same speed). Local multiruns also give each cell its own process (tunebench.cell),
+threshold at the same speed). Local multiruns also give each cell its own process (tunebench.app.cell),
 so no cell inherits another's heap. On GPU it is CUDA's max allocated bytes since the run's reset.
 """
 from __future__ import annotations

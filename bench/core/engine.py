@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunebench.checkpoint import PreemptionGuard, RunCheckpoint
-from tunebench.meter import CostMeter
+from tunebench.core.checkpoint import PreemptionGuard, RunCheckpoint
+from tunebench.core.meter import CostMeter
 
 log = logging.getLogger("tunebench")
 

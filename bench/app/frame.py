@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench.record import NON_SEMANTIC_KEYS, iter_record_files
+from tunebench.core.record import NON_SEMANTIC_KEYS, iter_record_files
 
 CELL_KEYS = ["task", "refine", "method", "lr", "seed", "model"]
 METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct"]

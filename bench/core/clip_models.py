@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.models import Model, resolve_source
-from tunebench.registry import Registry
+from tunebench.core.models import Model, resolve_source
+from tunebench.core.registry import Registry
 
 # Packaged tower pairs: name -> builder(cfg) -> (open_clip model, tokenizer, image mean, image std)
 PACKAGED_TOWERS = Registry("packaged CLIP towers")
@@ -43,7 +43,7 @@ class ClipModel(Model):
 
 def image_batch(inputs: list, size: int, mean, std) -> torch.Tensor:
     """Task images ((H, W) or (C, H, W) floats in [0, 1]) -> a normalised (N, 3, size, size) batch."""
-    from tunebench.image_models import Preprocess, to_image_batch
+    from tunebench.core.image_models import Preprocess, to_image_batch
 
     x = to_image_batch(inputs)
     if x.shape[1] not in (1, 3):
@@ -56,7 +56,7 @@ def effnet_lite0_minilm(cfg):
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
     from open_clip.tokenizer import HFTokenizer
 
-    from tunebench.image_models import efficientnet_lite0_imagenet
+    from tunebench.core.image_models import efficientnet_lite0_imagenet
 
     text_path, _ = resolve_source("minilm-l6")
     context = int(cfg.get("context_length", 32))

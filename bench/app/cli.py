@@ -29,13 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
-        from tunebench import run
+        from tunebench.app import run
 
         sys.argv = ["tunebench run", *rest]
         return run.main()
-    handlers = {"report": "tunebench.report", "claim": "tunebench.claim", "status": "tunebench.status", "artefacts": "tunebench.artefacts",
-                "publish": "tunebench.publish", "docs": "tunebench.publish:docs_main", "calibrate": "tunebench.calibration",
-                "perf": "tunebench.perf"}
+    handlers = {"report": "tunebench.app.report", "claim": "tunebench.app.claim", "status": "tunebench.app.status", "artefacts": "tunebench.app.artefacts",
+                "publish": "tunebench.app.publish", "docs": "tunebench.app.publish:docs_main", "calibrate": "tunebench.app.calibration",
+                "perf": "tunebench.app.perf"}
     if command not in handlers:
         print(f"tunebench: unknown command {command!r}; commands: run, {', '.join(handlers)}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ separately and named by what differs. Within one, each PEFT arm is compared with
 unless `method.claim_reference` names another; `none` marks an arm that is not a PEFT arm), each at its
 best mean validation lr when an lr grid was swept, paired by seed:
   1. accuracy: PEFT - full in points; t-interval for the crossed design seeds x shared test examples
-     (or shared meta-test tasks), see tunebench.stats. Non-inferiority: supported if the 95% CI's
+     (or shared meta-test tasks), see tunebench.app.stats. Non-inferiority: supported if the 95% CI's
      lower end is above -margin (a one-sided test at 2.5%), refuted if its upper end is below -margin.
   2. trainable parameters <= `--params-ratio` (1%) of the reference's (deterministic).
   3. peak memory and 4. train time: geometric-mean ratio PEFT / full over paired seeds, t-interval on
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import load_frame
-from tunebench.stats import ADJUSTMENTS, ALPHA, Interval, accuracy_interval, adjust, log_ratio_interval
+from tunebench.app.frame import load_frame
+from tunebench.app.stats import ADJUSTMENTS, ALPHA, Interval, accuracy_interval, adjust, log_ratio_interval
 
 REFERENCE = "full"
 NOT_AN_ARM = "none"

@@ -11,7 +11,7 @@ Simulated studies look like the real records: S seeds of each arm scored on one 
   d = delta + seed effect + task effect + interaction (normal), as the claim sees them.
 * ratios: per-seed PEFT / full = truth x lognormal noise; the truth is the geometric-mean ratio.
 
-Every check uses the same functions as `tunebench claim` (`tunebench.stats`).
+Every check uses the same functions as `tunebench claim` (`tunebench.app.stats`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from tunebench.stats import crossed_mean_interval, seed_mean_interval
+from tunebench.app.stats import crossed_mean_interval, seed_mean_interval
 
 MARGIN = 0.01  # accuracy margin (1 point), as the claim's default
 FACTOR = 0.8  # ratio threshold, as the claim's default

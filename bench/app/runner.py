@@ -13,14 +13,14 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tunebench import record as rec
-from tunebench.checkpoint import RunCheckpoint, checkpoint_every
-from tunebench.engine import TrainSettings, lr_for
-from tunebench.loggers import LOGGERS
-from tunebench.meter import CostMeter
-from tunebench.models import ModelFactory
-from tunebench.run_context import RunContext
-from tunebench.seeding import seed_everything
+from tunebench.core import record as rec
+from tunebench.core.checkpoint import RunCheckpoint, checkpoint_every
+from tunebench.core.engine import TrainSettings, lr_for
+from tunebench.core.loggers import LOGGERS
+from tunebench.core.meter import CostMeter
+from tunebench.core.models import ModelFactory
+from tunebench.core.run_context import RunContext
+from tunebench.core.seeding import seed_everything
 
 log = logging.getLogger("tunebench")
 
@@ -60,7 +60,7 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
     from tunebench.datasets import load
     from tunebench.datasets.refine import apply_chain, chain_name
     from tunebench.methods import method_for
-    from tunebench.models import build
+    from tunebench.core.models import build
 
     method = method_for(cfg.method)  # unknown names fail before any work
     train = TrainSettings.from_config(cfg.train)
@@ -109,11 +109,11 @@ def _check_refinements_are_read(method, cfg) -> None:
 def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     """Run one cell and write its record; returns the status ('ok', 'failed', 'diverged', 'skipped').
 
-    In a local multirun the cell runs in a child process (tunebench.cell: peak memory that does not
+    In a local multirun the cell runs in a child process (tunebench.app.cell: peak memory that does not
     depend on which cells ran before); `in_child` marks that child."""
-    from tunebench import cell
+    from tunebench.app import cell
     from tunebench.datasets.refine import AwaitingLabels
-    from tunebench.engine import Diverged
+    from tunebench.core.engine import Diverged
 
     _quiet_libraries()
     if cfg.get("threads"):
@@ -176,7 +176,7 @@ class SweepSummary(Callback):
     outcomes: list[str] = []
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from tunebench.sweeper import LAUNCHED
+        from tunebench.app.sweeper import LAUNCHED
 
         SweepSummary.outcomes = [_outcome(cell) for cell in LAUNCHED]
         counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged", "awaiting_labels", "missing")}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from tunebench.registry import Registry
+from tunebench.core.registry import Registry
 
 # name -> builder(num_classes, channels) -> ImageClassifier
 IMAGE_MODELS = Registry("image model")

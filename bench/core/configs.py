@@ -10,7 +10,7 @@ def compose_group(group: str, name: str, **changes) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     # Hydra's basic sweeper: only the group's node is wanted, and tunebench's sweeper plugin is
-    # registered by `tunebench run` (bench/run.py), not by a plain compose.
+    # registered by `tunebench run` (bench/app/run.py), not by a plain compose.
     overrides = [f"{group}={name}", "hydra/sweeper=basic"]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app or another compose: use its config source
         cfg = compose("config", overrides=overrides)

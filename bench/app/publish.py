@@ -62,7 +62,7 @@ SKIPPED_REPORT_KEYS = ("cache_key", "cache_built", "cache_path", "path", "seed",
 
 def _report_facts(report: dict, limit: int = 10) -> str:
     """A refinement report's scalar facts, `key: value` (cache bookkeeping and long values left out)."""
-    from tunebench.frame import flatten
+    from tunebench.app.frame import flatten
 
     facts = []
     for key, value in flatten(report).items():
@@ -92,10 +92,10 @@ def refinement_summary(frame) -> str:
 
 
 def publish(sweep_dir: Path, dest: Path) -> list[Path]:
-    from tunebench.artefacts import artefact_frame, summarize
-    from tunebench.claim import check, write_claim
-    from tunebench.frame import load_frame
-    from tunebench.report import write_tables
+    from tunebench.app.artefacts import artefact_frame, summarize
+    from tunebench.app.claim import check, write_claim
+    from tunebench.app.frame import load_frame
+    from tunebench.app.report import write_tables
 
     sweep_dir, dest = Path(sweep_dir), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebench.frame import CLIP_KEYS, CONTINUAL_KEYS, load_frame, setting_keys
+from tunebench.app.frame import CLIP_KEYS, CONTINUAL_KEYS, load_frame, setting_keys
 
 # One row per configuration, task, refinement, arm (the method, with its knobs where they differ) and lr.
 GROUP_KEYS = ["comparison", "configuration", "task", "refine", "method", "lr"]

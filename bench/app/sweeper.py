@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from tunebench import record as rec
+from tunebench.core import record as rec
 
 log = logging.getLogger("tunebench")
 CELLS_DIR = ".cells"
