@@ -208,15 +208,18 @@ def test_recall_counts_captions_the_model_cannot_tell_apart_as_one_text():
 def test_locked_towers_keep_their_projection_trainable_on_open_clip_models_too(tmp_path):
     import open_clip
 
-    from tunebench.methods.clip import LockImageMethod, LockTextMethod
+    from tunebench.core.configs import compose_group
+    from tunebench.methods import method_for
+
+    lock_image, lock_text = compose_group("method", "clip_lock_image"), compose_group("method", "clip_lock_text")
 
     spec = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
             "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     (tmp_path / "tunebench-tiny-lock.json").write_text(json.dumps(spec))
     open_clip.add_model_config(tmp_path)
-    net = LockImageMethod().adapt(open_clip.create_model("tunebench-tiny-lock"), None)
+    net = method_for(lock_image).adapt(open_clip.create_model("tunebench-tiny-lock"), lock_image)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert "visual.proj" in trainable and "visual.conv1.weight" not in trainable and "text_projection" in trainable
-    net = LockTextMethod().adapt(open_clip.create_model("tunebench-tiny-lock"), None)
+    net = method_for(lock_text).adapt(open_clip.create_model("tunebench-tiny-lock"), lock_text)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert "text_projection" in trainable and "token_embedding.weight" not in trainable and "visual.conv1.weight" in trainable

@@ -17,4 +17,6 @@ def compose_group(group: str, name: str, **changes) -> DictConfig:
     else:
         with initialize_config_module("tunebench.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-    return OmegaConf.merge(cfg[group], changes)
+    node = cfg[group]
+    OmegaConf.set_struct(node, False)  # a plain config: callers may add keys (method.peft, ...)
+    return OmegaConf.merge(node, changes)
