@@ -119,7 +119,7 @@ class ClassifierJob(TrainJob):
     """Cross-entropy steps of a sequence / image classifier, scored on the validation split."""
 
     def __init__(self, name: str, net, codec, train, val, batches, optimizer, scheduler, eval_batch_size: int):
-        self.name, self.net, self.codec, self.train, self.val = f"{name}", net, codec, train, val
+        self.name, self.net, self.codec, self.train, self.val = name, net, codec, train, val
         self.batches, self.optimizer, self.scheduler, self.eval_batch_size = batches, optimizer, scheduler, eval_batch_size
 
     def batch(self, step: int):

@@ -156,7 +156,7 @@ class ClipJob(TrainJob):
     """Contrastive steps on image-caption pairs (open_clip's ClipLoss), scored by validation zero-shot accuracy."""
 
     def __init__(self, method: ClipMethod, batches, optimizer, scheduler, loss_fn):
-        self.method, self.name, self.net = method, f"{method.name}", method.model.net
+        self.method, self.name, self.net = method, method.name, method.model.net
         self.batches, self.optimizer, self.scheduler, self.loss_fn = batches, optimizer, scheduler, loss_fn
 
     def batch(self, step: int):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunebench.core.checkpoint import RunCheckpoint
-from tunebench.core.engine import Engine, Hook, TrainJob, TrainSettings, autocast, lr_for
+from tunebench.core.engine import Engine, Hook, TrainJob, TrainSettings, autocast, device_type, lr_for
 from tunebench.core.meter import CostMeter
 
 
@@ -35,8 +35,7 @@ class RunContext:
 
     @property
     def device(self) -> str:
-        param = next(self.model.net.parameters(), None)
-        return param.device.type if param is not None else "cpu"
+        return device_type(self.model.net)
 
     def engine(self, job: TrainJob, steps: int, hooks: tuple[Hook, ...] = (), steps_per_epoch: int | None = None) -> Engine:
         return Engine(job, steps, self.train, self.meter, lr=self.lr, checkpoint=self.checkpoint,
