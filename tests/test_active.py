@@ -9,7 +9,7 @@ from PIL import Image
 
 import tunebench.datasets.refine.active  # noqa: F401  (registers `active`)
 from tunebench.datasets import load
-from tunebench.datasets.refine import REFINEMENTS, AwaitingLabels
+from tunebench.datasets.refine import REFINEMENTS, AwaitingLabels, RefineContext
 from tunebench.datasets.task import Split, Task
 
 from .conftest import ROOT
@@ -26,7 +26,7 @@ def digits():
 def refine(task, ctx=None, **cfg):
     conf = OmegaConf.load(ROOT_CONF / "refine" / "active.yaml")
     conf.update(cfg)
-    return REFINEMENTS.get("active")(task, conf, {"seed": 0, **(ctx or {})})
+    return REFINEMENTS.get("active")(task, conf, ctx or RefineContext())
 
 
 def final_val_acc(task, strategy: str, seed: int, **cfg) -> float:
@@ -72,7 +72,7 @@ def test_keep_train_adds_the_queries_to_the_whole_training_split(digits):
 
 
 def test_simulated_selection_is_cached_per_configuration(digits, tmp_path):
-    ctx = {"cache_dir": tmp_path / "cache"}
+    ctx = RefineContext(cache_dir=tmp_path / "cache")
     first = refine(digits, ctx, seed_size=20, budget=30, rounds=3).report
     again = refine(digits, ctx, seed_size=20, budget=30, rounds=3).report
     other = refine(digits, ctx, seed_size=20, budget=30, rounds=3, strategy="margin").report
@@ -160,7 +160,7 @@ def tiny_text_task() -> Task:
 
 
 def test_text_path_with_minilm_features_and_a_human_labeling_by_class_name(tmp_path):
-    task, ctx = tiny_text_task(), {"cache_dir": tmp_path / "cache"}
+    task, ctx = tiny_text_task(), RefineContext(cache_dir=tmp_path / "cache")
     setting = dict(seed_size=4, budget=6, rounds=2)
     simulated = refine(task, ctx, **setting)
     assert simulated.report["features"]["pool"]["cache_built"] is True

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tunebench.datasets import load
-from tunebench.datasets.refine import REFINEMENTS
+from tunebench.datasets.refine import REFINEMENTS, RefineContext
 from tunebench.datasets.refine.probe import c2st_accuracy, consistent, fit_probe
 from tunebench.datasets.refine.text_generation import clean_generation, match_surface, postprocess
 
@@ -58,20 +58,20 @@ def test_label_filter_keeps_examples_the_real_data_classifier_assigns_to_their_c
 def test_generators_and_augmenters_are_checked_against_the_modality():
     task = digits()
     with pytest.raises(ValueError, match=r"refine.synthetic.generator='smollm2' works on text data; data=digits is an image task"):
-        REFINEMENTS.get("synthetic")(task, refine_cfg("synthetic", generator="smollm2"), {"seed": 0})
+        REFINEMENTS.get("synthetic")(task, refine_cfg("synthetic", generator="smollm2"), RefineContext(seed=0))
     with pytest.raises(ValueError, match=r"refine.augmented.augmenter='wordnet' works on text data.*\['sdedit', 'transforms'\]"):
-        REFINEMENTS.get("augmented")(task, refine_cfg("augmented", augmenter="wordnet"), {"seed": 0})
+        REFINEMENTS.get("augmented")(task, refine_cfg("augmented", augmenter="wordnet"), RefineContext(seed=0))
     with pytest.raises(KeyError, match="unknown augmenter 'mixup'"):
-        REFINEMENTS.get("augmented")(task, refine_cfg("augmented", augmenter="mixup"), {"seed": 0})
+        REFINEMENTS.get("augmented")(task, refine_cfg("augmented", augmenter="mixup"), RefineContext(seed=0))
     with pytest.raises(ValueError, match=r"refine.synthetic.ratio=0.0: expected a positive number"):
-        REFINEMENTS.get("synthetic")(task, refine_cfg("synthetic", ratio=0.0), {"seed": 0})
+        REFINEMENTS.get("synthetic")(task, refine_cfg("synthetic", ratio=0.0), RefineContext(seed=0))
 
 
 # -- augmented ----------------------------------------------------------------------------------------
 
 def test_wordnet_augmentation_adds_filtered_label_preserving_variants(tmp_path):
     task = rotten_tomatoes(120)
-    ctx = {"seed": 0, "cache_dir": tmp_path / "cache"}
+    ctx = RefineContext(seed=0, cache_dir=tmp_path / "cache")
     refined = REFINEMENTS.get("augmented")(task, refine_cfg("augmented", augmenter="wordnet", variants=2), ctx)
     report, train = refined.report, refined.task.train
     assert report["generated"] == 240 and report["augmented_examples"] == 120
@@ -92,7 +92,7 @@ def test_wordnet_augmentation_adds_filtered_label_preserving_variants(tmp_path):
 def test_transforms_augmentation_on_digits_keeps_most_variants(tmp_path):
     task = digits()
     refined = REFINEMENTS.get("augmented")(task, refine_cfg("augmented", augmenter="transforms", max_examples=200),
-                                           {"seed": 0, "cache_dir": tmp_path / "cache"})
+                                           RefineContext(seed=0, cache_dir=tmp_path / "cache"))
     report = refined.report
     assert report["augmented_examples"] == 200 and report["generated"] == 200
     # Measured: 146 of 200 kept by the pixel classifier trained on the real digits (177 without the
@@ -108,7 +108,7 @@ def test_transforms_augmentation_on_digits_keeps_most_variants(tmp_path):
 @pytest.mark.slow
 def test_smollm2_synthetic_text_with_fidelity_report_and_a_shared_cache(tmp_path):
     task = rotten_tomatoes(80)
-    ctx = {"seed": 0, "cache_dir": tmp_path / "cache"}
+    ctx = RefineContext(seed=0, cache_dir=tmp_path / "cache")
     cfg = refine_cfg("synthetic", ratio=0.25)
     report = REFINEMENTS.get("synthetic")(task, cfg, ctx).report
     assert report["generator"] == "smollm2" and report["generator_cache_built"] is True
@@ -128,7 +128,7 @@ FAST_DIFFUSION = {"steps": 300, "sample_steps": 10}
 
 def test_diffusion_synthetic_digits_then_sdedit_reuses_the_same_trained_model(tmp_path):
     task = digits()
-    ctx = {"seed": 0, "cache_dir": tmp_path / "cache"}
+    ctx = RefineContext(seed=0, cache_dir=tmp_path / "cache")
     refined = REFINEMENTS.get("synthetic")(task, refine_cfg("synthetic", generator="diffusion", ratio=0.5,
                                                             diffusion=FAST_DIFFUSION), ctx)
     report = refined.report

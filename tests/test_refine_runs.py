@@ -70,7 +70,7 @@ def test_a_refinement_leaves_the_runs_random_streams_alone_whether_it_builds_or_
     import torch
     from omegaconf import OmegaConf
 
-    from tunebench.datasets.refine import apply_chain
+    from tunebench.datasets.refine import RefineContext, apply_chain
     from tunebench.core.seeding import seed_everything
 
     task = digits_task()
@@ -81,7 +81,7 @@ def test_a_refinement_leaves_the_runs_random_streams_alone_whether_it_builds_or_
     draws = []
     for _ in range(2):  # the first call builds the artefact, the second loads it
         seed_everything(0)
-        apply_chain(task, refine, {"seed": 0, "cache_dir": tmp_path / "cache"})
+        apply_chain(task, refine, RefineContext(seed=0, cache_dir=tmp_path / "cache"))
         draws.append((torch.rand(3).tolist(), np.random.rand(), random.random()))
     seed_everything(0)
     assert draws[0] == draws[1] == (torch.rand(3).tolist(), np.random.rand(), random.random())

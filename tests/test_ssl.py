@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 import tunebench.datasets.refine.ssl  # noqa: F401  (registers "ssl")
 from tunebench.datasets import load
 from tunebench.core.models import ModelFactory
-from tunebench.datasets.refine import REFINEMENTS, apply_chain
+from tunebench.datasets.refine import REFINEMENTS, RefineContext, apply_chain
 from tunebench.datasets.refine.ssl import fresh_model, to_image_batch
 from tunebench.datasets.task import Split, Task
 from tunebench.core.models import build
@@ -35,7 +35,7 @@ def ssl_conf(**overrides):
 
 
 def refine(task, model_cfg=SMALL_CNN, cache_dir=None, **overrides):
-    ctx = {"seed": 0, "model": ModelFactory(model_cfg), **({"cache_dir": cache_dir} if cache_dir else {})}
+    ctx = RefineContext(seed=0, architecture=ModelFactory(model_cfg), cache_dir=cache_dir)
     return REFINEMENTS.get("ssl")(task, ssl_conf(**overrides), ctx)
 
 
@@ -65,7 +65,7 @@ def test_linear_probe_on_ssl_body_beats_random_init_on_digits(digits):
 def test_loss_falls_init_loads_without_head_and_second_call_hits_cache(digits, tmp_path):
     rng_before = torch.get_rng_state()
     conf = OmegaConf.create({"ssl": ssl_conf(steps=100)})
-    task, init, reports = apply_chain(digits, conf, {"seed": 3, "model": ModelFactory(SMALL_CNN), "cache_dir": tmp_path})
+    task, init, reports = apply_chain(digits, conf, RefineContext(seed=3, architecture=ModelFactory(SMALL_CNN), cache_dir=tmp_path))
     report = reports[0]
     assert torch.equal(torch.get_rng_state(), rng_before)  # pretraining runs on a forked RNG
     assert task is digits and report["name"] == "ssl" and report["cache_built"] is True

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tunebench.datasets import load
-from tunebench.datasets.refine import REFINEMENTS, apply_chain
+from tunebench.datasets.refine import REFINEMENTS, RefineContext, apply_chain
 from tunebench.datasets.refine.validated import exact_duplicate_groups
 from tunebench.datasets.task import Split
 
@@ -35,7 +35,7 @@ def digits():
 def refine(task, tmp_path, **cfg):
     conf = OmegaConf.load(ROOT_CONF / "refine" / "validated.yaml")
     conf.update(cfg)
-    return REFINEMENTS.get("validated")(task, conf, {"seed": 0, "cache_dir": tmp_path / "cache"})
+    return REFINEMENTS.get("validated")(task, conf, RefineContext(seed=0, cache_dir=tmp_path / "cache"))
 
 
 def test_label_issue_finder_precision_recall_and_every_planted_duplicate_on_digits(tmp_path):
@@ -55,7 +55,7 @@ def test_label_issue_finder_precision_recall_and_every_planted_duplicate_on_digi
 def _all_label_issues(task, tmp_path) -> set[int]:
     from tunebench.datasets.refine.validated import find_issues
 
-    return set(find_issues(task, OmegaConf.create({}), {"seed": 0, "cache_dir": tmp_path / "cache"})["label"].tolist())
+    return set(find_issues(task, OmegaConf.create({}), RefineContext(seed=0, cache_dir=tmp_path / "cache"))["label"].tolist())
 
 
 def test_drop_and_relabel_clean_the_training_split(tmp_path):
@@ -83,7 +83,7 @@ def test_unknown_action_names_the_key(tmp_path):
 
 def test_validated_chains_and_reports_into_the_record_shape(tmp_path):
     conf = OmegaConf.create({"validated": OmegaConf.load(ROOT_CONF / "refine" / "validated.yaml")})
-    task, init, reports = apply_chain(digits(), conf, {"seed": 0, "cache_dir": tmp_path / "cache"})
+    task, init, reports = apply_chain(digits(), conf, RefineContext(seed=0, cache_dir=tmp_path / "cache"))
     assert init is None and [r["name"] for r in reports] == ["validated"]
     assert reports[0]["schema"]["class_counts"]["0"] > 0 and reports[0]["cache_key"]
 

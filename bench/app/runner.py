@@ -55,7 +55,7 @@ def cell_of(cfg, task, refine: str, train: TrainSettings) -> dict:
     }
 
 
-def _execute(cfg, record: dict, ctx: dict) -> None:
+def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metrics) -> None:
     """The run itself; fills `record` as it goes so a failure keeps what was measured."""
     from tunebench.datasets import load
     from tunebench.datasets.refine import apply_chain, chain_name
@@ -71,7 +71,7 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
                          f"data={cfg.data.name} has modality '{task.modality}'")
     record["cell"] = cell_of(cfg, task, chain_name(cfg.refine), train)  # before refining: a stopped or failed refinement still names its cell
     _check_refinements_are_read(method, cfg)
-    task, init, record["refinements"] = apply_chain(task, cfg.refine, ctx)
+    task, init, record["refinements"] = apply_chain(task, cfg.refine, refine_ctx)
     record["task"] = task.summary()
     device = _device(cfg)
     meter = CostMeter(device).start()
@@ -82,7 +82,7 @@ def _execute(cfg, record: dict, ctx: dict) -> None:
         if cfg.count_only:
             return
         run = RunContext(method=cfg.method, train=train, seed=int(cfg.seed), task=task, model=model, meter=meter,
-                         cache_dir=ctx["cache_dir"], checkpoint=ctx["checkpoint"], log_metrics=ctx["log_metrics"],
+                         cache_dir=refine_ctx.cache_dir, checkpoint=checkpoint, log_metrics=log_metrics,
                          load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
         result = method.fit_evaluate(run)
         record["metrics"], record["curve"] = result.metrics, result.curve
@@ -112,7 +112,7 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     In a local multirun the cell runs in a child process (tunebench.app.cell: peak memory that does not
     depend on which cells ran before); `in_child` marks that child."""
     from tunebench.app import cell
-    from tunebench.datasets.refine import AwaitingLabels
+    from tunebench.datasets.refine import AwaitingLabels, RefineContext
     from tunebench.core.engine import Diverged
 
     _quiet_libraries()
@@ -130,11 +130,11 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     record["env"] = rec.environment(_device(cfg))  # first, so that even an early failure names its job
     logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
     checkpoint = RunCheckpoint(Path(cfg.paths.checkpoints) / str(cfg.sweep) / rid / "train.pt", checkpoint_every(cfg))
-    ctx = {"seed": int(cfg.seed), "cache_dir": Path(cfg.paths.cache), "run_id": rid, "log_metrics": logger.log,
-           "checkpoint": checkpoint, "model": ModelFactory(cfg.model)}
+    refine_ctx = RefineContext(seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache), run_id=rid,
+                               architecture=ModelFactory(cfg.model))
     log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
     try:
-        _execute(cfg, record, ctx)
+        _execute(cfg, record, refine_ctx, checkpoint, logger.log)
         record["status"] = "ok"
     except Diverged as e:
         record["status"], record["error"] = "diverged", rec.error_info(e)

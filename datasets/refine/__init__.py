@@ -1,8 +1,11 @@
-"""Dataset refinements: `apply(task, ctx) -> Refined(task, init, report)`, chained in config order."""
+"""Dataset refinements: `refinement(task, cfg, ctx: RefineContext) -> Refined(task, init, report)`,
+chained in config order. A refinement reads its own config node and the context; it returns what it
+produces (data, init weights) and never builds the run's model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from tunebench.core.registry import Registry
 from tunebench.core.seeding import isolated_rng
@@ -37,11 +40,22 @@ def entry_for_modality(registry: Registry, task: Task, name: str, defaults: dict
     return name
 
 
-def refinement_seed(cfg, ctx) -> int:
+@dataclass(frozen=True)
+class RefineContext:
+    """What the runner gives every refinement (read-only)."""
+    seed: int = 0  # the run seed
+    cache_dir: Path | None = None  # None: build artefacts in a throwaway folder (unit tests)
+    run_id: str = ""
+    # Untrained copies of the run's architecture for the task (tunebench.core.models.ModelFactory):
+    # `ssl` pretrains one and returns its weights as `init`; the run's model is built by the runner.
+    architecture: Callable | None = None
+
+
+def refinement_seed(cfg, ctx: RefineContext) -> int:
     """The seed of a refinement's artefacts: `refine.<name>.seed` if set (default 0 in the YAMLs, so
     every method and run seed shares one artefact), else the run seed (`seed: null`)."""
     seed = cfg.get("seed")
-    return int(ctx.get("seed", 0)) if seed is None else int(seed)
+    return ctx.seed if seed is None else int(seed)
 
 
 @dataclass
@@ -64,7 +78,7 @@ def check_modality(name: str, refinement, task: Task) -> None:
                          f"(use refine={' or refine='.join(['none', *fitting])})")
 
 
-def apply_chain(task: Task, refine_cfg, ctx) -> tuple[Task, Any, list[dict]]:
+def apply_chain(task: Task, refine_cfg, ctx: RefineContext) -> tuple[Task, Any, list[dict]]:
     """Apply each configured refinement in order; `none` entries are skipped."""
     init, reports = None, []
     for key, cfg in (refine_cfg or {}).items():

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from tunebench.core.cache import cached, key_hash
 from tunebench.core.registry import Registry
 
-from . import REFINEMENTS, AwaitingLabels, Refined, refinement_seed
+from . import REFINEMENTS, AwaitingLabels, RefineContext, Refined, refinement_seed
 from ..task import Split
 from .features import features
 
@@ -168,12 +168,12 @@ def curve_point(completed_rounds: int, labels: int, proxy, feats: dict) -> dict:
 # --- oracles: factory(task, settings, ctx) -> (round, pool positions) -> labels ---
 
 @ORACLES.register("simulated")
-def simulated_oracle(task, settings: dict, ctx: dict):
+def simulated_oracle(task, settings: dict, ctx: RefineContext):
     return lambda r, indices: task.pool.y[np.asarray(indices, dtype=np.int64)]
 
 
 @ORACLES.register("human")
-def human_oracle(task, settings: dict, ctx: dict):
+def human_oracle(task, settings: dict, ctx: RefineContext):
     return HumanOracle(task, Path(settings["human_dir"]), settings)
 
 
@@ -336,10 +336,10 @@ def read_settings(task, cfg, ctx) -> dict:
 def human_dir(cfg, ctx, key: dict) -> Path:
     if cfg.get("human_dir") is not None:
         return Path(str(cfg.human_dir))
-    if ctx.get("cache_dir") is None:
+    if ctx.cache_dir is None:
         raise ValueError("refine.active.human_dir=None: set it to the folder for the labeling CSVs "
                          "(there is no cache_dir to put it next to)")
-    return Path(ctx["cache_dir"]).parent / "active" / key_hash(key)
+    return Path(ctx.cache_dir).parent / "active" / key_hash(key)
 
 
 def feature_views(task, seed_positions: np.ndarray, cache_dir) -> tuple[dict, dict]:
@@ -352,19 +352,19 @@ def feature_views(task, seed_positions: np.ndarray, cache_dir) -> tuple[dict, di
     return feats, reports
 
 
-def run_selection(task, settings: dict, ctx: dict) -> tuple[Selection, dict]:
+def run_selection(task, settings: dict, ctx: RefineContext) -> tuple[Selection, dict]:
     """Draw the seed set, get the features and run the rounds with the configured oracle."""
     rng = np.random.default_rng(settings["seed"])
     seed_positions = draw_seed_set(task.train.y, settings["seed_size"], rng)
-    feats, reports = feature_views(task, seed_positions, ctx.get("cache_dir"))
+    feats, reports = feature_views(task, seed_positions, ctx.cache_dir)
     oracle = ORACLES.get(settings["oracle"])(task, settings, ctx)
     queries, labels, curve = select(feats, task.train.y[seed_positions], task.num_classes, settings, oracle, rng)
     return Selection(seed_positions.tolist(), queries, labels, curve), reports
 
 
-def cached_selection(task, settings: dict, ctx: dict) -> tuple[Selection, dict]:
+def cached_selection(task, settings: dict, ctx: RefineContext) -> tuple[Selection, dict]:
     """Simulated oracle: the selection is cached by its key; the human one lives in human_dir."""
-    cache_dir = ctx.get("cache_dir")
+    cache_dir = ctx.cache_dir
     if settings["oracle"] == "human" or cache_dir is None:
         selection, reports = run_selection(task, settings, ctx)
         extra = {"human_dir": str(settings["human_dir"])} if settings["human_dir"] else {}

@@ -139,7 +139,7 @@ def make_variants(task, cfg, name: str, positions: np.ndarray, seed: int, cache_
 
 @REFINEMENTS.register("augmented")
 def augmented(task, cfg, ctx) -> Refined:
-    name, seed, cache_dir = augmenter_name(task, cfg), refinement_seed(cfg, ctx), ctx.get("cache_dir")
+    name, seed, cache_dir = augmenter_name(task, cfg), refinement_seed(cfg, ctx), ctx.cache_dir
     positions = source_positions(task, cfg, seed)
     variants, report = make_variants(task, cfg, name, positions, seed, cache_dir)
     usable = np.array([i for i, v in enumerate(variants) if v is not None], dtype=np.int64)

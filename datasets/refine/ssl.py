@@ -1,6 +1,6 @@
 """`ssl`: self-supervised contrastive pretraining of the run's encoder on the unlabeled pool.
 
-An untrained copy of the run's architecture (the runner's `ctx["model"]`, a ModelFactory) is built for the task and its encoder is pretrained on
+An untrained copy of the run's architecture (`ctx.architecture`, a ModelFactory) is built for the task and its encoder is pretrained on
 `task.pool.x` (the pool's labels are never read); the encoder weights come back as `Refined.init`,
 which `tunebench.core.models.build(model_factory, task, init)` loads with strict=False. The task head is not
 in `init`, so it stays freshly initialised; the training split is unchanged.
@@ -384,13 +384,13 @@ def model_config(factory) -> dict:
 
 @REFINEMENTS.register("ssl")
 def ssl(task, cfg, ctx) -> Refined:
-    model_factory = ctx.get("model")  # tunebench.core.models.ModelFactory: untrained copies of the run's architecture
+    model_factory = ctx.architecture  # tunebench.core.models.ModelFactory: untrained copies of the run's architecture
     if model_factory is None or model_factory.get("name") is None:
-        raise ValueError("refine=ssl pretrains the run's model architecture: the runner's model factory (ctx['model']) is missing")
+        raise ValueError("refine=ssl pretrains the run's model architecture: RefineContext.architecture is missing")
     s = settings(task, cfg)
     pool_inputs(task, s["pool_size"])  # fail on an empty pool before hashing or building anything
     seed = refinement_seed(cfg, ctx)
-    cache_dir = ctx.get("cache_dir")
+    cache_dir = ctx.cache_dir
     if cache_dir is None:  # unit tests without a cache: build in a throwaway folder
         with tempfile.TemporaryDirectory() as tmp:
             write_artefact(Path(tmp), task, model_factory, s, seed)

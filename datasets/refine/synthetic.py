@@ -170,7 +170,7 @@ def label_filter(task, inputs, labels, cfg, cache_dir, key: str = "refine.synthe
 
 @REFINEMENTS.register("synthetic")
 def synthetic(task, cfg, ctx) -> Refined:
-    name, seed, cache_dir = generator_name(task, cfg), refinement_seed(cfg, ctx), ctx.get("cache_dir")
+    name, seed, cache_dir = generator_name(task, cfg), refinement_seed(cfg, ctx), ctx.cache_dir
     inputs, labels, report = generate(task, cfg, name, seed, cache_dir)
     keep, feats = label_filter(task, inputs, labels, cfg, cache_dir)
     kept_x, kept_y = [inputs[i] for i in np.flatnonzero(keep)], labels[keep]

@@ -63,8 +63,8 @@ def find_issues(task, cfg, ctx) -> dict:
     from cleanlab import Datalab
 
     train = task.train
-    x, cache_report = features(train.x, task.modality, ctx.get("cache_dir"))
-    probs = out_of_fold_probabilities(x, train.y, int(cfg.get("folds", 5)), int(ctx.get("seed", 0)))
+    x, cache_report = features(train.x, task.modality, ctx.cache_dir)
+    probs = out_of_fold_probabilities(x, train.y, int(cfg.get("folds", 5)), ctx.seed)
     lab = Datalab(data={"label": train.y}, label_name="label", verbosity=0)
     lab.find_issues(features=x, pred_probs=probs,
                     issue_types={"label": {}, "outlier": {}, "near_duplicate": {"threshold": float(cfg.get("near_duplicate_threshold", 0.13))}})
