@@ -104,8 +104,8 @@ def make_optimizer(net, method, lr: float, total_steps: int):
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the adapted model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(method.get("weight_decay", 0.0)))
-    warmup = int(float(method.get("warmup_ratio", 0.0)) * total_steps)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(method.weight_decay))
+    warmup = int(float(method.warmup_ratio) * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 

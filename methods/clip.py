@@ -94,8 +94,8 @@ class ClipMethod:
         params = [p for p in net.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"method={self.name} left no trainable weight")
-        optimizer = torch.optim.AdamW(param_groups(net, float(self.m.get("weight_decay", 0.0))), lr=run.lr)
-        scheduler = cosine_with_warmup(optimizer, len(batches), float(self.m.get("warmup_ratio", 0.0)))
+        optimizer = torch.optim.AdamW(param_groups(net, float(self.m.weight_decay)), lr=run.lr)
+        scheduler = cosine_with_warmup(optimizer, len(batches), float(self.m.warmup_ratio))
         engine = run.engine(ClipJob(self, batches, optimizer, scheduler, ClipLoss()), len(batches))
         outcome = engine.run()
         self.engine_info = engine.prepared

@@ -277,7 +277,7 @@ class ContinualMethod(SequenceClassifierMethod):
         if not params:
             raise ValueError("the adapted model has no trainable parameters")
         # One parameter group (Avalanche resets the optimizer's state and parameters per experience).
-        optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=float(m.get("weight_decay", 0.0)))
+        optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=float(m.weight_decay))
         device = next(net.parameters()).device
         t = run.train
         return STRATEGIES.get(str(m.strategy))(

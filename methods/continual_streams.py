@@ -106,7 +106,7 @@ def class_groups(task: Task, experiences: int, order: str, seed: int) -> list[li
 
 
 def class_incremental(task: Task, cfg, seed: int, tokenizer) -> Streams:
-    groups = class_groups(task, int(cfg.experiences), str(cfg.get("class_order", "sorted")), seed)
+    groups = class_groups(task, int(cfg.experiences), str(cfg.class_order), seed)
     max_length = int(task.meta.get("max_length", 128))
     encoded = {name: encode_split(split, task, tokenizer, max_length)
                for name, split in (("train", task.train), ("validation", task.validation), ("test", task.test))}
@@ -127,7 +127,7 @@ def class_incremental(task: Task, cfg, seed: int, tokenizer) -> Streams:
 def rotation_angles(cfg) -> list[float]:
     if cfg.get("angles") is not None:
         return [float(a) for a in cfg.angles]
-    return [float(cfg.get("angle_step", 30)) * i for i in range(int(cfg.experiences))]
+    return [float(cfg.angle_step) * i for i in range(int(cfg.experiences))]
 
 
 def rotate_images(pixels: torch.Tensor, angle: float) -> torch.Tensor:
@@ -180,7 +180,7 @@ def text_domains(task: Task, cfg, load_task, tokenizer) -> Streams:
 
 def build_streams(task: Task, cfg, load_task, seed: int, tokenizer=None) -> Streams:
     """The stream `cfg.stream` names (cfg: the `method` node; load_task(name): another task with the run's data settings)."""
-    kind = str(cfg.get("stream", "class_incremental"))
+    kind = str(cfg.stream)
     if kind not in STREAM_KINDS:
         raise ValueError(f"method.stream={kind!r}: expected one of {', '.join(STREAM_KINDS)}")
     if kind == "class_incremental":

@@ -50,7 +50,7 @@ class FewShotTask:
 
 
 def rotations_of(cfg, modality: str) -> list[int]:
-    angles = cfg.get("rotations", "auto")
+    angles = cfg.rotations
     if angles == "auto" or angles is None:
         return list(IMAGE_ROTATIONS) if modality == "image" else [0]
     angles = [int(a) for a in angles]

@@ -14,6 +14,8 @@ Every key of `peft` goes to the config class unchanged (peft's names: `lora_alph
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from omegaconf import OmegaConf
 from peft import PeftConfig, TaskType, get_peft_model
@@ -78,7 +80,9 @@ class PeftMethod(SequenceClassifierMethod):
         self.total_step_auto = str(node.get("total_step")) == "auto"
         if not self.total_step_auto:
             return {}
-        return {"total_step": int(node.get("tinit", 0)) + int(node.get("tfinal", 0)) + 1}
+        peft_default = {f.name: f.default for f in dataclasses.fields(PEFT_TYPE_TO_CONFIG_MAPPING["ADALORA"])}
+        tinit, tfinal = (int(node.get(key, peft_default[key])) for key in ("tinit", "tfinal"))
+        return {"total_step": tinit + tfinal + 1}
 
     def before_training(self, net, steps: int) -> None:
         if getattr(self, "total_step_auto", False):

@@ -179,6 +179,19 @@ def test_train_settings_name_the_key_and_what_it_expects(train, message):
         TrainSettings.from_config(train)
 
 
+def test_train_defaults_live_only_in_the_config_yaml():
+    """No train default written both in code and YAML: the dataclass has none, the YAML block supplies all."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(TrainSettings))
+    yaml_block = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "config.yaml").train)
+    assert dataclasses.asdict(TrainSettings.from_config()) == yaml_block
+    assert TrainSettings.from_config({"evals": 7}).evals == 7
+
+
 def test_gradient_checkpointing_lowers_measured_peak_memory_on_the_default_model():
     """The default cell's model and method (MiniLM + LoRA), one step on 16 x 128 tokens, a fresh model each time:
     with LoRA the activations, not gradients or Adam state, set the peak."""

@@ -55,7 +55,7 @@ def test_label_issue_finder_precision_recall_and_every_planted_duplicate_on_digi
 def _all_label_issues(task, tmp_path) -> set[int]:
     from tunebench.datasets.refine.validated import find_issues
 
-    return set(find_issues(task, OmegaConf.create({}), RefineContext(seed=0, cache_dir=tmp_path / "cache"))["label"].tolist())
+    return set(find_issues(task, OmegaConf.load(ROOT_CONF / "refine" / "validated.yaml"), RefineContext(seed=0, cache_dir=tmp_path / "cache"))["label"].tolist())
 
 
 def test_drop_and_relabel_clean_the_training_split(tmp_path):

@@ -25,7 +25,7 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 def wanted(cfg: DictConfig) -> bool:
     """True when this cell should run in a child process (see the module doc)."""
-    setting = str(cfg.get("cell_process", "auto")).lower()
+    setting = str(cfg.cell_process).lower()
     if setting in ("true", "false"):
         return setting == "true"
     if setting != "auto":

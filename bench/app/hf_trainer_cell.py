@@ -4,7 +4,10 @@ Same task (Rotten Tomatoes with the run's subsample), model (packaged MiniLM), a
 `conf/method/lora.yaml` peft config, through the same builder), optimiser (AdamW, lr, no weight decay),
 linear schedule with the same warmup steps, gradient clipping at 1.0, batch 32, steps, evaluation
 count and test prediction as `tunebench run method=lora`; what a researcher would write with the
-Trainer instead of the harness. Not part of a run; a benchmark's reference.
+Trainer instead of the harness. The Trainer gets the run's batch order (`batch_order` from the seed)
+so both cells train on the same batches: with dynamic padding, another random order changes the
+padded tokens of a short run by a few percent (20 steps: sd 2%), which would swamp the comparison.
+Not part of a run; a benchmark's reference.
 """
 from __future__ import annotations
 
@@ -30,6 +33,17 @@ class Encoded:
         return {"input_ids": self.ids[i], "labels": self.labels[i]}
 
 
+def same_order_trainer(order: list[int]):
+    """A Trainer subclass whose training sampler yields `order` (tunebench's batch order)."""
+    from transformers import Trainer
+
+    class SameOrderTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return order
+
+    return SameOrderTrainer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunebench.app.hf_trainer_cell", description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
@@ -45,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
 
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, TrainingArguments
 
     from tunebench.core.configs import compose_group
     from tunebench.datasets import load
     from tunebench.methods import method_for
     from tunebench.core.models import build
     from tunebench.app.runner import _quiet_libraries
+    from tunebench.core.engine import batch_order
     from tunebench.core.seeding import seed_everything
 
     _quiet_libraries()
@@ -74,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         max_grad_norm=1.0, eval_strategy="steps", eval_steps=max(1, args.max_steps // args.evals),
         save_strategy="no", logging_strategy="no", report_to=[], dataloader_num_workers=0, use_cpu=True,
         seed=args.seed, disable_tqdm=True, optim="adamw_torch")
-    trainer = Trainer(model=net, args=training, train_dataset=train, eval_dataset=val,
+    epochs = -(-args.max_steps * 32 // len(train))
+    order = [int(i) for batch in batch_order(len(train), 32, epochs, args.seed) for i in batch]
+    trainer = same_order_trainer(order)(model=net, args=training, train_dataset=train, eval_dataset=val,
                       data_collator=DataCollatorWithPadding(model.tokenizer), compute_metrics=accuracy)
     trainer.train()
     test_acc = accuracy(trainer.predict(test))["acc"]

@@ -69,7 +69,7 @@ class Arm:
         job = ClassifierJob(self.label, self.net, self.codec, self.train, None, self.batches, self.optimizer, self.scheduler, 128)
         job.evaluates = False
         # As in a local run: a checkpoint that is written only on preemption.
-        engine = Engine(job, len(self.batches), TrainSettings(), meter,
+        engine = Engine(job, len(self.batches), TrainSettings.from_config(), meter,
                         checkpoint=RunCheckpoint(Path(tempfile.gettempdir()) / "tb-perf.pt", 0))
         wall, cpu = time.perf_counter(), time.process_time()
         engine.run()

@@ -22,7 +22,21 @@ def _run_id_of_root(*, _root_) -> str:
     return record.run_id(semantic_config(_root_))
 
 
+def _config_groups() -> str:
+    """`${tb_config_groups:}` in `run --help`: each group's options, without the `_*.yaml` files
+    (defaults shared by several options, not options themselves)."""
+    from importlib.resources import files
+
+    lines = []
+    for group in sorted((p for p in files("tunebench.conf").iterdir() if p.is_dir()), key=lambda p: p.name):
+        options = sorted(p.name[:-5] for p in group.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
+        if options:
+            lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 OmegaConf.register_new_resolver("tb_run_id", _run_id_of_root, replace=True)
+OmegaConf.register_new_resolver("tb_config_groups", _config_groups, replace=True)
 # Hydra's plugin scan does not see modules of an editable install: register ours by hand (after
 # the scan, which Plugins.instance() runs); importing it stores its config.
 Plugins.instance().register(TunebenchSweeper)

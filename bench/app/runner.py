@@ -32,7 +32,7 @@ def semantic_config(cfg: DictConfig) -> dict:
 
 
 def _device(cfg) -> str:
-    wanted = str(cfg.train.get("device", "auto"))
+    wanted = str(cfg.train.device)
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return wanted

@@ -68,7 +68,7 @@ AT_EVALS = -1
 
 def checkpoint_every(cfg) -> int:
     """`train.checkpoint_every`: 'auto' = at each evaluation under SLURM, else only when preempted."""
-    value = cfg.train.get("checkpoint_every", "auto")
+    value = cfg.train.checkpoint_every
     if value in (None, "auto"):
         return AT_EVALS if os.environ.get("SLURM_JOB_ID") else 0
     try:

@@ -13,6 +13,7 @@ after evaluation, after epoch), as in Avalanche.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -39,33 +40,37 @@ class Diverged(RuntimeError):
 # -- settings -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainSettings:
-    """The run's shared training schedule (`train.*`), validated once; every family reads this, not the config."""
+    """The run's shared training schedule (`train.*`), validated once; every family reads this, not the config.
 
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    evals: int = 4
-    grad_clip: float | None = 1.0
-    lr_scale: float = 1.0
-    select_best: bool = True
-    device: str = "auto"
-    checkpoint_every: Any = "auto"
-    precision: str = "fp32"
-    grad_accum_steps: int = 1
-    grad_checkpointing: bool = False
-    compile: Any = False
+    The defaults live in one place, the `train:` block of conf/config.yaml; `from_config` fills the
+    keys a caller leaves out from there."""
+
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    eval_batch_size: int
+    evals: int
+    grad_clip: float | None
+    lr_scale: float
+    select_best: bool
+    device: str
+    checkpoint_every: Any
+    precision: str
+    grad_accum_steps: int
+    grad_checkpointing: bool
+    compile: Any
 
     @classmethod
-    def from_config(cls, train) -> "TrainSettings":
+    def from_config(cls, train=None) -> "TrainSettings":
         values = dict(train) if train is not None else {}
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"train.{unknown[0]}: unknown key; train.* keys are {', '.join(cls.__dataclass_fields__)}")
-        out = {}
-        for key, value in values.items():
-            out[key] = _checked(key, value)
-        return cls(**out)
+        values = {**default_train_config(), **values}
+        missing = sorted(set(cls.__dataclass_fields__) - set(values))
+        if missing:
+            raise ValueError(f"train.{missing[0]}: missing from the train block of conf/config.yaml")
+        return cls(**{key: _checked(key, value) for key, value in values.items()})
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -81,6 +86,17 @@ class TrainSettings:
         """The scale knobs as the record shows them."""
         return {"precision": self.precision, "grad_accum_steps": self.grad_accum_steps,
                 "grad_checkpointing": self.grad_checkpointing, "compile": self.compile_backend}
+
+
+@functools.cache
+def default_train_config() -> dict:
+    """The `train:` block of the packaged conf/config.yaml (the only place train defaults are written)."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(str(files("tunebench.conf") / "config.yaml"))
+    return OmegaConf.to_container(config.train, resolve=True)
 
 
 _POSITIVE_INTS = ("epochs", "batch_size", "eval_batch_size", "evals", "grad_accum_steps")

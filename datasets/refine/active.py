@@ -301,20 +301,20 @@ def to_png(image: np.ndarray):
 
 # --- config, caching and the refinement ---
 
-def positive_int(cfg, key: str, default: int) -> int:
-    value = cfg.get(key, default)
+def positive_int(cfg, key: str) -> int:
+    value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"refine.active.{key}={value!r}: expected a positive integer")
     return value
 
 
 def read_settings(task, cfg, ctx) -> dict:
-    strategy, oracle = str(cfg.get("strategy", "entropy")), str(cfg.get("oracle", "simulated"))
+    strategy, oracle = str(cfg.strategy), str(cfg.oracle)
     for key, value, registry in (("strategy", strategy, STRATEGIES), ("oracle", oracle, ORACLES)):
         if value not in registry.names():
             raise ValueError(f"refine.active.{key}={value!r}: expected one of {registry.names()}")
-    budget, rounds = positive_int(cfg, "budget", 500), positive_int(cfg, "rounds", 5)
-    seed_size = positive_int(cfg, "seed_size", 100)
+    budget, rounds = positive_int(cfg, "budget"), positive_int(cfg, "rounds")
+    seed_size = positive_int(cfg, "seed_size")
     if seed_size > len(task.train):
         raise ValueError(f"refine.active.seed_size={seed_size}: the training split of {task.name} has only "
                          f"{len(task.train)} examples to draw the labeled seed set from")
@@ -324,8 +324,8 @@ def read_settings(task, cfg, ctx) -> dict:
         budget = len(task.pool)
     if rounds > budget:
         raise ValueError(f"refine.active.rounds={rounds}: more rounds than labels to query (budget {budget})")
-    settings = {"strategy": strategy, "budget": budget, "budget_requested": int(cfg.get("budget", 500)),
-                "rounds": rounds, "seed_size": seed_size, "keep_train": bool(cfg.get("keep_train", False)),
+    settings = {"strategy": strategy, "budget": budget, "budget_requested": int(cfg.budget),
+                "rounds": rounds, "seed_size": seed_size, "keep_train": bool(cfg.keep_train),
                 "oracle": oracle, "seed": refinement_seed(cfg, ctx)}
     settings["key"] = {k: settings[k] for k in ("strategy", "budget", "rounds", "seed_size", "keep_train", "oracle", "seed")}
     settings["key"]["data"] = task.data_hash()

@@ -40,7 +40,7 @@ def paraphrase(task, sources: list, cfg, seed: int, cache_dir):
 
     if cache_dir is None:
         raise ValueError("refine.augmented.augmenter=paraphrase needs an artefact cache (paths.cache) for SmolLM2's weights")
-    generator, report = generator_from_cfg(cfg.get("smollm2") or {}, cache_dir)
+    generator, report = generator_from_cfg(cfg["smollm2"], cache_dir)
     description = task.meta.get("description", "texts")
     prompts = [paraphrase_prompt(text, task.classes[label], description) for text, label in sources]
     outputs = postprocess(generator(prompts, seed, desc="paraphrases (SmolLM2)"), task.train.x)
@@ -52,7 +52,7 @@ def wordnet_synonyms(task, sources: list, cfg, seed: int, cache_dir):
     from .wordnet import replace_synonyms
 
     rng = np.random.default_rng(seed)
-    fraction = float(cfg.get("synonym_fraction", 0.15))
+    fraction = float(cfg["synonym_fraction"])
     variants = [replace_synonyms(text, fraction, rng) for text, _ in sources]
     unchanged = sum(v == text for v, (text, _) in zip(variants, sources))
     return [None if v == text else v for v, (text, _) in zip(variants, sources)], {"unchanged": unchanged}
@@ -64,7 +64,7 @@ def sdedit_variations(task, sources: list, cfg, seed: int, cache_dir):
     generator, report = trained_image_generator("diffusion", task, knobs(cfg, "diffusion"), seed, cache_dir, owner="augmented")
     images = np.stack([np.asarray(x, dtype=np.float32) for x, _ in sources])
     labels = np.array([y for _, y in sources], dtype=np.int64)
-    strength = float(cfg.get("strength", 0.4))
+    strength = float(cfg["strength"])
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"refine.augmented.strength={strength}: expected a fraction of the diffusion steps in (0, 1]")
     return list(sdedit(generator, images, labels, strength, seed)), report
@@ -75,14 +75,14 @@ def random_transforms(task, sources: list, cfg, seed: int, cache_dir):
     images = torch.as_tensor(np.stack([np.asarray(x, dtype=np.float32) for x, _ in sources])).unsqueeze(1)
     g = torch.Generator().manual_seed(seed)
     n = len(images)
-    angle = (torch.rand(n, generator=g) - 0.5) * 2 * np.deg2rad(float(cfg.get("max_rotation", 5)))
+    angle = (torch.rand(n, generator=g) - 0.5) * 2 * np.deg2rad(float(cfg["max_rotation"]))
     scale = 1 + (torch.rand(n, generator=g) - 0.5) * 0.2
-    shift = (torch.rand(n, 2, generator=g) - 0.5) * 2 * float(cfg.get("max_shift", 0.05)) * 2  # fraction of the size, in [-1, 1] units
+    shift = (torch.rand(n, 2, generator=g) - 0.5) * 2 * float(cfg["max_shift"]) * 2  # fraction of the size, in [-1, 1] units
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta, images.shape, align_corners=False)
     moved = torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
-    noisy = (moved + float(cfg.get("noise", 0.03)) * torch.randn(moved.shape, generator=g)).clamp(0, 1)
+    noisy = (moved + float(cfg["noise"]) * torch.randn(moved.shape, generator=g)).clamp(0, 1)
     return [img[0].numpy() for img in noisy], {}
 
 
@@ -99,7 +99,7 @@ def augmenter_name(task, cfg) -> str:
 
 def source_positions(task, cfg, seed: int) -> np.ndarray:
     """Training positions to augment, each repeated `variants` times (a stratified subset if max_examples)."""
-    variants = int(cfg.get("variants", 1))
+    variants = int(cfg["variants"])
     if variants < 1:
         raise ValueError(f"refine.augmented.variants={variants}: expected a positive number of variants per example")
     n = len(task.train)
@@ -148,7 +148,7 @@ def augmented(task, cfg, ctx) -> Refined:
     kept_sources = positions[usable[keep]]
     per_example = np.bincount(np.searchsorted(np.unique(positions), kept_sources), minlength=len(np.unique(positions)))
     report.update(
-        augmenter=name, seed=seed, variants_per_example=int(cfg.get("variants", 1)), augmented_examples=len(np.unique(positions)),
+        augmenter=name, seed=seed, variants_per_example=int(cfg["variants"]), augmented_examples=len(np.unique(positions)),
         generated=len(positions), usable=len(usable), kept=int(keep.sum()),
         kept_per_class=np.bincount(labels[keep], minlength=task.num_classes).tolist(),
         kept_variants_per_example={int(k): int(v) for k, v in zip(*np.unique(per_example, return_counts=True))},

@@ -101,11 +101,11 @@ SAMPLERS.register("diffusion")(("image", _image_sampler("diffusion")))
 def _smollm2_sampler(task, cfg, per_class, seed, cache_dir):
     from .text_generation import class_prompts, generator_from_cfg, postprocess
 
-    gen_cfg = cfg.get("smollm2") or {}
+    gen_cfg = cfg["smollm2"]
     generator, report = generator_from_cfg(gen_cfg, _need_cache(cache_dir))
     rng = np.random.default_rng(seed)
     prompts, intended = class_prompts(task.train.x, task.train.y, task.classes, task.meta.get("description", "texts"),
-                                      per_class, int(gen_cfg.get("shots", 4)), rng)
+                                      per_class, int(gen_cfg["shots"]), rng)
     texts = postprocess(generator(prompts, seed, desc="synthetic text (SmolLM2)", chat=False), task.train.x)
     usable = [i for i, t in enumerate(texts) if t is not None]
     report["unusable_generations"] = len(texts) - len(usable)
@@ -125,7 +125,7 @@ def _need_cache(cache_dir):
 
 def generate(task, cfg, name: str, seed: int, cache_dir: Path | None) -> tuple[list, np.ndarray, dict]:
     """Synthetic inputs and their intended labels, cached as one artefact."""
-    per_class = per_class_counts(task, float(cfg.get("ratio", 1.0)))
+    per_class = per_class_counts(task, float(cfg["ratio"]))
     _, sampler = SAMPLERS.get(name)
     if cache_dir is None:
         return sampler(task, cfg, per_class, seed, None)
@@ -159,9 +159,9 @@ def label_filter(task, inputs, labels, cfg, cache_dir, key: str = "refine.synthe
     """Keep mask from a classifier trained on the real training split, and the features used."""
     real_x, _ = features(task.train.x, task.modality, cache_dir)
     synth_x, _ = features(inputs, task.modality, cache_dir)
-    if not bool(cfg.get("filter", True)):
+    if not bool(cfg["filter"]):
         return np.ones(len(inputs), dtype=bool), {"real": real_x, "synthetic": synth_x}
-    threshold = float(cfg.get("filter_threshold", 0.5))
+    threshold = float(cfg["filter_threshold"])
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"{key}.filter_threshold={threshold}: expected a probability in [0, 1)")
     keep = consistent(fit_probe(real_x, task.train.y), synth_x, labels, threshold)
@@ -176,7 +176,7 @@ def synthetic(task, cfg, ctx) -> Refined:
     kept_x, kept_y = [inputs[i] for i in np.flatnonzero(keep)], labels[keep]
     heldout, _ = features(task.validation.x, task.modality, cache_dir)
     report.update(
-        generator=name, ratio=float(cfg.get("ratio", 1.0)), seed=seed, filter=bool(cfg.get("filter", True)),
+        generator=name, ratio=float(cfg["ratio"]), seed=seed, filter=bool(cfg["filter"]),
         generated=len(inputs), kept=int(keep.sum()),
         generated_per_class=np.bincount(labels, minlength=task.num_classes).tolist(),
         kept_per_class=np.bincount(kept_y, minlength=task.num_classes).tolist(),
@@ -184,7 +184,7 @@ def synthetic(task, cfg, ctx) -> Refined:
         examples=[str(x) for x in kept_x[:5]] if task.modality == "text" else [],
     )
     synthetic_split = Split(x=kept_x, y=kept_y)
-    train = synthetic_split if bool(cfg.get("replace", False)) else concat(task.train, synthetic_split)
+    train = synthetic_split if bool(cfg["replace"]) else concat(task.train, synthetic_split)
     report["train_size_before"], report["train_size_after"] = len(task.train), len(train)
     log.info("synthetic (%s): %d generated, %d kept; C2ST %.3f, TSTR %.3f (TRTR %.3f); train %d -> %d", name,
              len(inputs), int(keep.sum()), report["fidelity"]["c2st_accuracy"], report["fidelity"]["tstr_accuracy"],

@@ -100,8 +100,8 @@ class Generator:
 
 def generator_from_cfg(cfg, cache_dir: Path) -> tuple[Generator, dict]:
     folder, report = smollm2_folder(cache_dir)
-    gen = Generator(folder, int(cfg.get("max_new_tokens", 48)), float(cfg.get("temperature", 0.8)),
-                    float(cfg.get("top_p", 0.95)), int(cfg.get("generation_batch_size", 16)))
+    gen = Generator(folder, int(cfg["max_new_tokens"]), float(cfg["temperature"]),
+                    float(cfg["top_p"]), int(cfg["generation_batch_size"]))
     return gen, report
 
 

@@ -64,10 +64,10 @@ def find_issues(task, cfg, ctx) -> dict:
 
     train = task.train
     x, cache_report = features(train.x, task.modality, ctx.cache_dir)
-    probs = out_of_fold_probabilities(x, train.y, int(cfg.get("folds", 5)), ctx.seed)
+    probs = out_of_fold_probabilities(x, train.y, int(cfg["folds"]), ctx.seed)
     lab = Datalab(data={"label": train.y}, label_name="label", verbosity=0)
     lab.find_issues(features=x, pred_probs=probs,
-                    issue_types={"label": {}, "outlier": {}, "near_duplicate": {"threshold": float(cfg.get("near_duplicate_threshold", 0.13))}})
+                    issue_types={"label": {}, "outlier": {}, "near_duplicate": {"threshold": float(cfg["near_duplicate_threshold"])}})
     label_issues = lab.get_issues("label")
     groups = exact_duplicate_groups(train.x)
     return {
@@ -87,7 +87,7 @@ def _extra_copies(groups: list[list[int]]) -> set[int]:
 
 @REFINEMENTS.register("validated")
 def validated(task, cfg, ctx) -> Refined:
-    action = str(cfg.get("action", "drop"))
+    action = str(cfg["action"])
     if action not in ACTIONS:
         raise ValueError(f"refine.validated.action={action!r}: expected one of {list(ACTIONS)}")
     report = {"action": action, "schema": schema_checks(task)}
