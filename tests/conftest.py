@@ -31,7 +31,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     from tunebench.core.models import resolve_source
 
     out = tmp_path_factory.mktemp("tiny-bert")
-    minilm, _ = resolve_source("minilm-l6")
+    minilm, _ = resolve_source("minilm")
     tokenizer = AutoTokenizer.from_pretrained(minilm, local_files_only=True)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)

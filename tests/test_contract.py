@@ -59,6 +59,19 @@ def test_data_refinement_and_logger_yamls_match_their_registries(group, registry
     assert stems == names, f"YAML without registration: {sorted(stems - names)}; registration without YAML: {sorted(names - stems)}"
 
 
+def test_model_yamls_are_named_after_their_files_and_every_packaged_model_has_one():
+    """`model.name` is what to load: a packaged model (its YAML stem), or for `model=hf` a hub name or folder."""
+    from tunebench.core.clip_models import PACKAGED_TOWERS
+    from tunebench.core.image_models import IMAGE_MODELS
+    from tunebench.core.models import PACKAGED
+
+    stems = set(options("model"))
+    for stem in stems - {"hf"}:
+        assert compose_group("model", stem).name == stem, f"conf/model/{stem}.yaml has name: {compose_group('model', stem).name}"
+    packaged = set(PACKAGED.names()) | set(IMAGE_MODELS.names()) | set(PACKAGED_TOWERS.names())
+    assert packaged <= stems, f"packaged models without a YAML: {sorted(packaged - stems)}"
+
+
 def test_plugins_are_found_without_a_list_a_new_module_registers_itself(tmp_path, monkeypatch):
     """A registry given a package imports every module in it: dropping a module in is enough."""
     import sys

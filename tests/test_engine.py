@@ -211,7 +211,7 @@ def test_gradient_checkpointing_lowers_measured_peak_memory_on_the_default_model
     peaks, modules = {}, {}
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = build(OmegaConf.create({"name": "minilm-l6"}), task)
+        model = build(OmegaConf.create({"name": "minilm"}), task)
         net = method_for(compose_group("method", "lora")).adapt(model.net, lora)
         codec = TextCodec(model.tokenizer, 128)
         train = codec.encode(task.train)

@@ -51,7 +51,7 @@ def tiny_encoder_dir(tmp_path_factory):
     from tunebench.core.models import resolve_source
 
     out = tmp_path_factory.mktemp("tiny-encoder")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm-l6")[0], local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm")[0], local_files_only=True)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
     torch.manual_seed(0)

