@@ -6,7 +6,7 @@ linear schedule with the same warmup steps, gradient clipping at 1.0, batch 32, 
 count and test prediction as `tunebench run method=lora`; what a researcher would write with the
 Trainer instead of the harness. The Trainer gets the run's batch order (`batch_order` from the seed)
 so both cells train on the same batches: with dynamic padding, another random order changes the
-padded tokens of a short run by a few percent (20 steps: sd 2%), which would swamp the comparison.
+padded tokens of a short run by a few percent, which would swamp the comparison.
 Not part of a run; a benchmark's reference.
 """
 from __future__ import annotations
