@@ -21,9 +21,10 @@ def correct_string(acc: float, rng) -> str:
 
 
 def write_run(sweep, method, seed, acc, *, lr=1e-3, val=None, trainable=100_000, memory=500.0, seconds=50.0,
-              status="ok", refine="none", task="rt", correct=None, rng=None, model="m", train_size=None):
+              status="ok", refine="none", task="rt", correct=None, rng=None, model="m", train_size=None,
+              refine_cfg=None):
     rng = rng or np.random.default_rng(seed)
-    config = {"method": {"name": method, "lr": lr}, "seed": seed, "refine": refine, "task": task,
+    config = {"method": {"name": method, "lr": lr}, "seed": seed, "refine": refine_cfg or refine, "task": task,
               "model": {"name": model}, "data": {"train_size": train_size}}
     rid = rec.run_id(config)
     record = {**rec.new_record(config, rid, sweep.name), "status": status}
@@ -206,6 +207,21 @@ def test_two_train_sizes_are_two_comparisons(tmp_path):
         for seed in range(2):
             write_run(sweep, "lora", seed, 0.8, train_size=size)
     assert sorted(c["configuration"] for c in run_check(sweep)) == ["data.train_size=2000", "data.train_size=500"]
+
+
+def test_configuration_names_only_what_the_task_and_refinement_columns_do_not(tmp_path):
+    """A refinement's own keys are absent from the other refinements' cells; they must not fill every
+    label. A swept refinement knob still tells two comparisons apart."""
+    sweep = tmp_path / "runs" / "s"
+    chains = {("none", None): {"none": {"name": "none"}},
+              ("synthetic", 0.5): {"synthetic": {"name": "synthetic", "ratio": 0.5, "seed": 0}},
+              ("synthetic", 1.0): {"synthetic": {"name": "synthetic", "ratio": 1.0, "seed": 0}}}
+    for (name, _), chain in chains.items():
+        for seed in range(2):
+            write_run(sweep, "full", seed, 0.8, lr=1e-4, refine=name, refine_cfg=chain)
+            write_run(sweep, "lora", seed, 0.79, refine=name, refine_cfg=chain)
+    labels = {(c["refine"], c["configuration"]) for c in run_check(sweep)}
+    assert labels == {("none", ""), ("synthetic", "refine.synthetic.ratio=0.5"), ("synthetic", "refine.synthetic.ratio=1.0")}
 
 
 def test_failed_and_diverged_runs_are_listed_under_their_arm(tmp_path, capsys):

@@ -138,9 +138,19 @@ def load_frame(sweep_dir: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     numeric = [k for k in METRIC_KEYS + CONTINUAL_KEYS + CLIP_KEYS + FEWSHOT_KEYS + COST_KEYS if k != "test_correct"] + ["lr", "seed"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
-    frame["configuration"] = frame["comparison"].map(differences(frame, "comparison", "comparison_config"))
+    frame["configuration"] = configuration_labels(frame)
     frame["arm"] = arm_labels(frame)
     return frame
+
+
+def configuration_labels(frame: pd.DataFrame) -> pd.Series:
+    """Name each comparison by the config values that tell it apart from the others with the same task and
+    refinement: those columns are shown beside it, and a refinement's own keys (present in its cells,
+    absent in the others) would otherwise fill the label. A swept refinement knob still shows."""
+    labels = {}
+    for _, group in frame.groupby(["task", "refine"], dropna=False):
+        labels.update(differences(group, "comparison", "comparison_config"))
+    return frame["comparison"].map(labels)
 
 
 def differences(frame: pd.DataFrame, key: str, flat: str) -> dict[str, str]:
