@@ -130,8 +130,7 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     record["env"] = rec.environment(_device(cfg))  # first, so that even an early failure names its job
     logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
     checkpoint = RunCheckpoint(Path(cfg.paths.checkpoints) / str(cfg.sweep) / rid / "train.pt", checkpoint_every(cfg))
-    refine_ctx = RefineContext(seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache), run_id=rid,
-                               architecture=ModelFactory(cfg.model))
+    refine_ctx = RefineContext(seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache), architecture=ModelFactory(cfg.model))
     log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
     try:
         _execute(cfg, record, refine_ctx, checkpoint, logger.log)

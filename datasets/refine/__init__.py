@@ -45,7 +45,6 @@ class RefineContext:
     """What the runner gives every refinement (read-only)."""
     seed: int = 0  # the run seed
     cache_dir: Path | None = None  # None: build artefacts in a throwaway folder (unit tests)
-    run_id: str = ""
     # Untrained copies of the run's architecture for the task (tunebench.core.models.ModelFactory):
     # `ssl` pretrains one and returns its weights as `init`; the run's model is built by the runner.
     architecture: Callable | None = None
