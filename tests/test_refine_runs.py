@@ -5,6 +5,7 @@ import pytest
 
 from tunebench.app.runner import run_cell
 
+from .conftest import ROOT
 from .test_images import DIGITS, digits_task
 from .test_runner import compose_cfg, records
 
@@ -76,8 +77,9 @@ def test_a_refinement_leaves_the_runs_random_streams_alone_whether_it_builds_or_
     task = digits_task()
     # On a miss, synthetic trains a generator and builds a network to load it into (torch's init
     # draws from the global stream); on a hit it only reads the cached samples.
-    refine = OmegaConf.create({"synthetic": {"name": "synthetic", "generator": "diffusion", "ratio": 0.05,
-                                             "diffusion": {"steps": 20, "sample_steps": 2}}})
+    synthetic = OmegaConf.load(ROOT / "conf" / "refine" / "synthetic.yaml")
+    synthetic.merge_with({"generator": "diffusion", "ratio": 0.05, "diffusion": {"steps": 20, "sample_steps": 2}})
+    refine = OmegaConf.create({"synthetic": synthetic})
     draws = []
     for _ in range(2):  # the first call builds the artefact, the second loads it
         seed_everything(0)
