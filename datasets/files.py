@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import TASKS
-from .splitting import stratified_split
+from .splitting import TooFewToStratify, stratified_split
 from .task import Split, Task
 
 READERS = {
@@ -93,12 +93,23 @@ def assemble_task(name: str, splits: dict[str, Split | None], classes: list[str]
                   modality: str = "text") -> Task:
     """Carve missing validation / test splits and the pool from train, stratified and seeded."""
     train = splits["train"]
+    source = _train_source(meta)
+    column = cfg.get("label_column") or "label"
+    if len(train) == 0:
+        raise DataError(f"{source}: no data rows (a header only?); expected labelled rows in column '{column}'")
     carve = {k: cfg.get(f"{k}_size") for k in ("test", "validation") if splits.get(k) is None}
     carve["pool"] = cfg.get("pool_size") or 0
-    parts = stratified_split(train.y, {**carve, "train": cfg.get("train_size")}, seed=int(cfg.get("split_seed", 0)))
+    try:
+        parts = stratified_split(train.y, {**carve, "train": cfg.get("train_size")}, seed=int(cfg.get("split_seed", 0)))
+    except TooFewToStratify as e:
+        raise DataError(f"{source}: class '{classes[e.label]}' in column '{column}' has {e.count} example(s), too few "
+                        f"to carve {e.what}={e.size} stratified (at least 2 per class): add examples, drop the "
+                        f"class, or give data.validation / data.test files") from None
+    except ValueError as e:
+        raise DataError(f"{source} ({len(train)} rows): {e}") from None
     made = {k: train.subset(idx) for k, idx in parts.items()}
     given = {k: splits[k] for k in ("validation", "test") if splits.get(k) is not None}
-    return Task(
+    task = Task(
         name=name,
         modality=modality,
         classes=list(classes),
@@ -108,6 +119,20 @@ def assemble_task(name: str, splits: dict[str, Split | None], classes: list[str]
         pool=replace(made["pool"], labeled=False),  # keeps captions of image-text pairs
         meta=meta,
     )
+    for part in ("train", "validation", "test"):
+        if len(getattr(task, part)) == 0:
+            if part in given:
+                raise DataError(f"{_train_source(meta, part)}: no data rows (a header only?); expected the {part} split's examples")
+            raise DataError(f"{source} ({len(train)} rows): the {part} split is empty (carved from train by "
+                            f"data.{part}_size={cfg.get(part + '_size')}); expected at least one example: add rows, "
+                            f"raise data.{part}_size, or give data.{part} as a file")
+    return task
+
+
+def _train_source(meta: dict, part: str = "train") -> str:
+    """Where a split's rows came from, for error messages."""
+    source = meta.get("source")
+    return str(source.get(part, source)) if isinstance(source, dict) else str(source or f"the {part} data")
 
 
 @TASKS.register("files")

@@ -57,7 +57,7 @@ def test_preempted_run_resumes_from_its_checkpoint_with_identical_results(tmp_pa
     cfg = compose_cfg(tmp_path, monkeypatch, *overrides)
     _preempt_at(monkeypatch, 3)
     run_until_requeued(cfg)
-    assert not (tmp_path / "results" / "runs" / "t").exists()  # no record yet: the job was requeued
+    assert not list((tmp_path / "results" / "runs" / "t").glob("*.json"))  # no record yet: the job was requeued
     checkpoint = tmp_path / "results" / "checkpoints" / "t" / uninterrupted["run_id"] / "train.pt"
     assert checkpoint.exists()
 

@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep_dir.is_dir():
         print(f"tunebench artefacts: sweep directory {args.sweep_dir} does not exist")
         return 2
-    table = summarize(artefact_frame(args.sweep_dir))
+    try:
+        table = summarize(artefact_frame(args.sweep_dir))
+    except ValueError as e:  # a corrupt record: named in one line, as status / report / claim do
+        print(f"tunebench artefacts: {e}")
+        return 2
     if table.empty:
         print(f"no cached artefacts in the records under {args.sweep_dir}")
         return 0

@@ -55,10 +55,11 @@ def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) 
         proc = subprocess.run([sys.executable, "-m", "tunebench.app.cell", f.name, str(log_file)], env=os.environ.copy())
     finally:
         Path(f.name).unlink(missing_ok=True)
-    try:
-        return rec.read_record(record_path)["status"]
-    except (FileNotFoundError, ValueError):
-        pass
+    for written in (record_path, rec.fallback_path(record_path)):  # the fallback: its folder refused the record
+        try:
+            return rec.read_record(written)["status"]
+        except (FileNotFoundError, ValueError):
+            pass
     how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
     record = rec.new_record(config, run_id, str(cfg.sweep))
     record.update(status="failed", finished_at=rec.now_iso(), env=rec.environment("cpu"),

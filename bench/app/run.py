@@ -35,7 +35,14 @@ def _config_groups() -> str:
     return "\n".join(lines)
 
 
+def _invocation() -> str:
+    """`${tb_invocation:}` in Hydra output dirs: this `tunebench run`'s process id, so two sweeps started in
+    the same second get their own folders. Kept in the environment, which submitit / SLURM jobs inherit."""
+    return os.environ.setdefault("TUNEBENCH_INVOCATION", str(os.getpid()))
+
+
 OmegaConf.register_new_resolver("tb_run_id", _run_id_of_root, replace=True)
+OmegaConf.register_new_resolver("tb_invocation", _invocation, replace=True)
 OmegaConf.register_new_resolver("tb_config_groups", _config_groups, replace=True)
 # Hydra's plugin scan does not see modules of an editable install: register ours by hand (after
 # the scan, which Plugins.instance() runs); importing it stores its config.
@@ -54,7 +61,26 @@ def app(cfg: DictConfig) -> str:
     return status
 
 
+def _results_root_refused(argv: list[str]) -> str | None:
+    """One line if the results root cannot be written (before Hydra, which would fail creating its output
+    folder there with chained tracebacks); None if it can, or if this call only prints (--help, --cfg)."""
+    if any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve") for a in argv):
+        return None
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("paths.root=")]
+    key = "paths.root" if given else "TUNEBENCH_RESULTS" if "TUNEBENCH_RESULTS" in os.environ else "paths.root (default)"
+    root = given[-1] if given else os.environ.get("TUNEBENCH_RESULTS", "results")
+    try:
+        record.ensure_writable(root, key)
+    except record.NotWritable as e:
+        return f"tunebench run: {e}"
+    return None
+
+
 def main() -> int:
+    refused = _results_root_refused(sys.argv[1:])
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     app()
     return 1 if any(s in FAILED for s in SweepSummary.outcomes) else 0
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunebench.core import record as rec
 from tunebench.core.checkpoint import RunCheckpoint, checkpoint_every
+from tunebench.core.config_check import ConfigError, check_run_config
 from tunebench.core.engine import TrainSettings, lr_for
 from tunebench.core.loggers import LOGGERS
 from tunebench.core.meter import CostMeter
@@ -107,25 +108,64 @@ def _check_refinements_are_read(method, cfg) -> None:
 
 
 def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
-    """Run one cell and write its record; returns the status ('ok', 'failed', 'diverged', 'skipped').
+    """Run one cell and write its record; returns the status ('ok', 'failed', 'diverged', 'skipped',
+    'elsewhere': another process is running this cell).
 
     In a local multirun the cell runs in a child process (tunebench.app.cell: peak memory that does not
-    depend on which cells ran before); `in_child` marks that child."""
+    depend on which cells ran before); `in_child` marks that child, whose parent holds the cell's lock."""
     from tunebench.app import cell
-    from tunebench.datasets.refine import AwaitingLabels, RefineContext
-    from tunebench.core.engine import Diverged
 
     _quiet_libraries()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     config = semantic_config(cfg)
     rid = rec.run_id(config)
     path = rec.record_path(Path(cfg.paths.runs) / str(cfg.sweep), rid)
-    if not cfg.force and rec.existing_status(path.parent, rid) == "ok":
-        log.info("skip %s (%s seed %s): ok record exists at %s", rid, cfg.method.name, cfg.seed, path)
+    if _already_ok(cfg, path, rid):
         return "skipped"
-    if not in_child and cell.wanted(cfg):
-        return cell.run_in_child(cfg, config, rid, path)
+    try:
+        check_run_config(cfg)
+    except ConfigError as e:  # before any work: one line and a failed record, the rest of a sweep goes on
+        return _refuse(cfg, config, rid, path, e)
+    NOT_RUN_HERE.pop(rid, None)
+    try:
+        for key in ("runs", "checkpoints", "cache"):
+            rec.ensure_writable(Path(cfg.paths[key]) / (str(cfg.sweep) if key == "runs" else ""), f"paths.{key}")
+    except rec.NotWritable as e:  # no record can be written: say so before any work
+        log.error("run %s not started: %s", rid, e)
+        return "failed"
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if in_child:
+        return _run_here(cfg, config, rid, path)
+    with rec.cell_lock(path.parent, rid) as mine:
+        if not mine:
+            NOT_RUN_HERE[rid] = "elsewhere"
+            log.info("skip %s (%s seed %s): another process is running this cell (lock %s/.cells/%s.lock)",
+                     rid, cfg.method.name, cfg.seed, path.parent, rid)
+            return "elsewhere"
+        if _already_ok(cfg, path, rid):  # finished by another process between the first look and the lock
+            return "skipped"
+        if cell.wanted(cfg):
+            return cell.run_in_child(cfg, config, rid, path)
+        return _run_here(cfg, config, rid, path)
+
+
+# Cells this process decided not to run ('skipped', 'elsewhere'), for the summary: a record another
+# process wrote during this sweep must not count as this sweep's 'ok'.
+NOT_RUN_HERE: dict[str, str] = {}
+
+
+def _already_ok(cfg, path: Path, rid: str) -> bool:
+    if cfg.force is not True and rec.existing_status(path.parent, rid) == "ok":
+        log.info("skip %s (%s seed %s): ok record exists at %s", rid, cfg.method.name, cfg.seed, path)
+        NOT_RUN_HERE[rid] = "skipped"
+        return True
+    return False
+
+
+def _run_here(cfg, config: dict, rid: str, path: Path) -> str:
+    from tunebench.core.engine import Diverged
+    from tunebench.datasets.refine import AwaitingLabels, RefineContext
+
     record = rec.new_record(config, rid, str(cfg.sweep))
     record["env"] = rec.environment(_device(cfg))  # first, so that even an early failure names its job
     logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
@@ -146,11 +186,20 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
         log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
     record.setdefault("resumed_from_step", 0)
     record["finished_at"] = rec.now_iso()
-    rec.write_atomic(path, record)
+    path = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named
     checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)
     logger.finish(record)
     _log_outcome(record, path)
     return record["status"]
+
+
+def _refuse(cfg, config: dict, rid: str, path: Path, error: ConfigError) -> str:
+    record = rec.new_record(config, rid, str(cfg.sweep))
+    record.update(status="failed", finished_at=rec.now_iso(), env=rec.environment("cpu"), resumed_from_step=0,
+                  error={"type": "ConfigError", "message": str(error), "traceback": ""})
+    rec.write_atomic(path, record)
+    log.error("run %s failed: invalid config: %s", rid, error)
+    return "failed"
 
 
 def _log_outcome(record: dict, path: Path) -> None:
@@ -178,14 +227,20 @@ class SweepSummary(Callback):
         from tunebench.app.sweeper import LAUNCHED
 
         SweepSummary.outcomes = [_outcome(cell) for cell in LAUNCHED]
-        counts = {s: SweepSummary.outcomes.count(s) for s in ("ok", "skipped", "failed", "diverged", "awaiting_labels", "missing")}
+        counts = {s: SweepSummary.outcomes.count(s) for s in OUTCOMES}
         log.info(
             "sweep '%s': %d cells: %s  (records: %s)", config.sweep, len(SweepSummary.outcomes),
-            ", ".join(f"{n} {s}" for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),
+            ", ".join(f"{n} {OUTCOMES[s]}" for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),
         )
 
 
+OUTCOMES = {"ok": "ok", "skipped": "skipped", "elsewhere": "run by another process", "failed": "failed",
+            "diverged": "diverged", "awaiting_labels": "awaiting_labels", "missing": "missing"}
+
+
 def _outcome(cell: dict) -> str:
+    if cell["run_id"] in NOT_RUN_HERE:
+        return NOT_RUN_HERE[cell["run_id"]]
     try:
         record = rec.read_record(rec.record_path(Path(cell["sweep_dir"]), cell["run_id"]))
     except (FileNotFoundError, ValueError):

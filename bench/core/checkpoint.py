@@ -56,11 +56,17 @@ class RunCheckpoint:
             return None
 
     def clear(self) -> None:
+        """Remove the checkpoint, temp files of saves a kill interrupted, and the folders left empty."""
         self.path.unlink(missing_ok=True)
-        try:
-            self.path.parent.rmdir()
-        except OSError:
-            pass
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for folder in (self.path.parent, self.path.parent.parent):  # <sweep>/<run_id>/, then <sweep>/
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break  # not empty: another cell's checkpoint
 
 
 AT_EVALS = -1

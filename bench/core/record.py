@@ -1,6 +1,7 @@
 """Run records: one JSON file per run, written atomically, keyed by a hash of the semantic config."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import traceback
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -54,6 +56,7 @@ def write_atomic(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; collaborators read records as any file
         with os.fdopen(fd, "w") as f:
             json.dump(_json_safe(record), f, indent=2, allow_nan=False)
             f.flush()
@@ -62,6 +65,66 @@ def write_atomic(path: Path, record: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class NotWritable(OSError):
+    """A results folder the run cannot write to; the message names the folder and the key."""
+
+
+def ensure_writable(folder: Path, key: str) -> None:
+    """Create `folder` if needed and prove a file can be written in it, before any work is spent."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise NotWritable(f"{key}: cannot write to {folder} ({e.strerror or e}); point TUNEBENCH_RESULTS or "
+                          f"paths.root at a writable folder") from None
+
+
+def fallback_path(path: Path) -> Path:
+    """Where a record goes when its folder refuses it at the end of a run (never thrown away)."""
+    return Path(tempfile.gettempdir()) / "tunebench-unsaved-records" / Path(path).parent.name / Path(path).name
+
+
+def write_record(path: Path, record: dict) -> Path:
+    """write_atomic, or the fallback path (returned) if the record's folder cannot be written any more."""
+    try:
+        write_atomic(path, record)
+        return Path(path)
+    except OSError as e:
+        kept = fallback_path(path)
+        write_atomic(kept, record)
+        import logging
+
+        logging.getLogger("tunebench").error("cannot write the record %s (%s); kept it at %s: copy it there once the "
+                                             "folder is writable", path, e.strerror or e, kept)
+        return kept
+
+
+@contextmanager
+def cell_lock(sweep_dir: Path, rid: str) -> Iterator[bool]:
+    """Hold `<sweep>/.cells/<run_id>.lock` (flock, as the artefact cache) while a cell runs; yields False
+    at once, without waiting, when another process holds it (a second sweep over the same cells)."""
+    folder = Path(sweep_dir) / ".cells"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{rid}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
 
 
 def read_record(path: Path) -> dict:

@@ -1,0 +1,95 @@
+"""The run config checked before any work: every value that a run would otherwise reject deep inside a
+library (`Invalid learning rate: -1.0`, `range() arg 3 must not be zero`) fails here in one line that
+names the key, the value and what is allowed.
+
+The schemas are pydantic models over the keys the shared code reads; a group's other keys (a method's
+own knobs, a refinement's settings) pass through to the plugin that owns them. `train.*` is checked by
+`TrainSettings` (bench/core/engine.py), the engine's typed view of it.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config value that a run cannot use; the message names the key."""
+
+
+PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Size = Annotated[float, Field(gt=0)] | None  # a count, or a fraction (< 1) of the examples
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RootKeys(_Open):
+    seed: Annotated[int, Field(ge=0, strict=True)]  # strict: `seed=true` is not seed 1
+    force: bool
+    count_only: bool
+    threads: Annotated[int, Field(ge=1)] | None = None
+
+
+class MethodKeys(_Open):
+    name: str
+    lr: PositiveNumber | None = None
+    image_lr: PositiveNumber | None = None
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class DataKeys(_Open):
+    name: str
+    train_size: Size = None
+    validation_size: Size = None
+    test_size: Size = None
+    pool_size: Annotated[float, Field(ge=0)] | None = None
+    max_length: Annotated[int, Field(ge=1)] | None = None
+
+
+SCHEMAS: dict[str | None, type[BaseModel]] = {None: RootKeys, "method": MethodKeys, "data": DataKeys}
+EXPECTED = {  # pydantic's error types, said as what the key accepts
+    "greater_than": "a number > {gt}", "greater_than_equal": "a number >= {ge}", "less_than_equal": "a number <= {le}",
+    "int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number", "float_parsing": "a number",
+    "bool_parsing": "true or false", "bool_type": "true or false", "finite_number": "a finite number",
+    "string_type": "a string", "missing": "a value (the key is missing)",
+}
+
+
+def _expected(error: dict) -> str:
+    template = EXPECTED.get(error["type"])
+    return template.format(**error.get("ctx", {})) if template else error["msg"]
+
+
+def check_run_config(cfg) -> None:
+    """Raise ConfigError naming the first bad key of the root, `method` and `data` nodes."""
+    for group, schema in SCHEMAS.items():
+        node = cfg if group is None else cfg.get(group)
+        if node is None:
+            continue
+        values = _plain(node, group)
+        try:
+            schema.model_validate(values)
+        except ValidationError as e:
+            error = e.errors()[0]
+            key = ".".join([*([group] if group else []), *map(str, error["loc"])])
+            value = values.get(error["loc"][0], "<missing>") if error["loc"] else values
+            raise ConfigError(f"{key}={value!r}: expected {_expected(error)}") from None
+
+
+def _plain(node, group: str | None) -> dict[str, Any]:
+    """The node's values (at the root, sub-nodes are other groups' business); `???` is named."""
+    if not OmegaConf.is_config(node):
+        return dict(node)
+    values = {}
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            raise ConfigError(f"{f'{group}.' if group else ''}{key}=???: expected a value (the config leaves it "
+                              f"mandatory: give it on the command line, e.g. {f'{group}.' if group else ''}{key}=...)")
+        value = node[key]
+        if not (group is None and OmegaConf.is_config(value)):
+            values[key] = value
+    return values
