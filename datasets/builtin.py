@@ -33,9 +33,11 @@ def split_task(name: str, texts: list, labels: np.ndarray, classes: list[str], c
         seed=int(cfg.split_seed),
     )
 
+    source = (meta or {}).get("source", name)
+
     def part(key: str, labeled: bool = True) -> Split:
         idx = parts[key]
-        return Split([texts[i] for i in idx], labels[idx], labeled=labeled)
+        return Split([texts[i] for i in idx], labels[idx], labeled=labeled, source=f"{source} ({name})", rows=idx)
 
     return Task(
         name=name,

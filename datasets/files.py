@@ -86,7 +86,7 @@ def frame_to_split(frame: pd.DataFrame, source: str, text_column: str, label_col
             raise DataError(f"{source}, {_row_name(source, i)}: column '{text_column}' is empty or not text ({text!r})")
         texts.append(text)
         labels.append(label_index(raw_label, index_of, classes, f"{source}, {_row_name(source, i)}", label_column))
-    return Split(texts, np.asarray(labels, dtype=np.int64))
+    return Split(texts, np.asarray(labels, dtype=np.int64), source=source, rows=np.arange(len(texts)))
 
 
 def assemble_task(name: str, splits: dict[str, Split | None], classes: list[str], cfg, meta: dict,

@@ -28,6 +28,10 @@ class Split:
     y: np.ndarray  # int64 class indices; -1 = no class (image-text pairs without a label column)
     labeled: bool = True  # False for the pool: its labels are hidden, only an oracle may reveal them
     captions: list | None = None  # image-text tasks: one caption string per input (None for the others)
+    # Provenance, for reports a user can act on: the file (or dataset) the examples came from and each
+    # one's 0-based data row in it. None where examples were made (generated, augmented) or merged.
+    source: str | None = None
+    rows: np.ndarray | None = None
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
@@ -38,6 +42,8 @@ class Split:
             bad = next((i for i, c in enumerate(self.captions) if not isinstance(c, str)), None)
             if bad is not None:
                 raise ValueError(f"split caption {bad} is {self.captions[bad]!r}: expected a string")
+        if self.rows is not None and len(self.rows) != len(self.x):
+            raise ValueError(f"split has {len(self.x)} inputs but {len(self.rows)} source rows")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -45,7 +51,14 @@ class Split:
     def subset(self, indices) -> "Split":
         indices = np.asarray(indices, dtype=np.int64)
         captions = None if self.captions is None else [self.captions[i] for i in indices]
-        return replace(self, x=[self.x[i] for i in indices], y=self.y[indices], captions=captions)
+        rows = None if self.rows is None else self.rows[indices]
+        return replace(self, x=[self.x[i] for i in indices], y=self.y[indices], captions=captions, rows=rows)
+
+    def origin(self, position: int) -> tuple[str | None, int | None]:
+        """(source, 1-based data row) of one example, or (None, None) where it has no provenance."""
+        if self.rows is None:
+            return None, None
+        return self.source, int(self.rows[position]) + 1
 
     def class_counts(self, num_classes: int) -> list[int]:
         return np.bincount(self.y[self.y >= 0], minlength=num_classes).tolist()

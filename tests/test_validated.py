@@ -1,5 +1,6 @@
 """`validated` on a copy of the training split with 10% of labels flipped and 5% duplicates planted."""
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -47,8 +48,10 @@ def test_label_issue_finder_precision_recall_and_every_planted_duplicate_on_digi
     recall = len(found & wrong) / len(wrong)
     # Measured: precision 0.841, recall 0.758 (82 flagged, 91 wrong labels among 941 examples).
     assert precision >= 0.75 and recall >= 0.65, (precision, recall)
-    extra = {i for group in report["exact_duplicate_groups"] for i in group[1:]}
+    flagged = pd.read_csv(report["issues_csv"])
+    extra = set(flagged.loc[flagged.issue == "exact_duplicate", "position"])
     assert extra == copies  # every planted copy, and nothing else (digits has no duplicates of its own)
+    assert set(flagged.loc[flagged.issue == "label", "position"]) == found  # every label issue, not the first 50
     assert report["train_size_after"] == report["train_size_before"] == len(task.train)
 
 
@@ -74,6 +77,45 @@ def test_drop_and_relabel_clean_the_training_split(tmp_path):
     assert before_wrong == n // 10 and after_wrong < before_wrong / 2, (before_wrong, after_wrong)
     assert len(relabeled.task.train) == len(task.train) - len(copies)
     assert relabeled.report["cache_built"] is False  # features came from the cache the first call built
+
+
+def test_a_csv_with_planted_flips_and_cross_split_duplicates_is_reported_row_by_row(tmp_path):
+    """The issue's probe: every flagged row named by file and row; every exact train / test duplicate found."""
+    sentences = load(OmegaConf.merge(OmegaConf.load(ROOT_CONF / "data" / "rotten_tomatoes.yaml"), {"train_size": 300}))
+    rng = np.random.default_rng(0)
+    texts = list(sentences.train.x)
+    labels = [sentences.classes[y] for y in sentences.train.y]
+    flipped = rng.choice(len(texts), 30, replace=False)
+    for i in flipped:
+        labels[i] = sentences.classes[1 - sentences.classes.index(labels[i])]
+    test_texts = list(sentences.test.x[:100])
+    leaked = rng.choice(100, 12, replace=False)  # 12 test sentences also put into the training file
+    texts += [test_texts[j] for j in leaked]
+    labels += [sentences.classes[sentences.test.y[j]] for j in leaked]
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"text": test_texts, "label": [sentences.classes[y] for y in sentences.test.y[:100]]}).to_csv(
+        tmp_path / "test.csv", index=False)
+    pd.DataFrame({"text": list(sentences.validation.x[:100]),
+                  "label": [sentences.classes[y] for y in sentences.validation.y[:100]]}).to_csv(tmp_path / "val.csv", index=False)
+    task = load(OmegaConf.merge(OmegaConf.load(ROOT_CONF / "data" / "files.yaml"), {
+        "train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "val.csv"), "test": str(tmp_path / "test.csv")}))
+    refined = refine(task, tmp_path, action="report", leakage="drop")
+    report = refined.report
+    leaks = pd.read_csv(report["leakage_csv"])
+    exact = leaks[leaks.kind == "exact"]
+    # Every planted leak, named by both files' 1-based data rows (train rows 301.. are the planted copies).
+    assert set(zip(exact.train_source_row, exact.source_row)) >= {(301 + k, int(j) + 1) for k, j in enumerate(leaked)}
+    assert set(exact.source) == {str(tmp_path / "test.csv")} and set(exact.train_source) == {str(tmp_path / "train.csv")}
+    assert report["num_leaks_exact"] == len(exact) >= 12
+    assert report["train_size_after"] == len(task.train) - len(set(leaks.train_position))  # leakage=drop removes them
+    flagged = pd.read_csv(report["issues_csv"])
+    label_rows = flagged[flagged.issue == "label"]
+    assert len(label_rows) == report["num_label_issues"] > 0
+    assert (label_rows.source == str(tmp_path / "train.csv")).all()
+    for _, row in label_rows.iterrows():  # source_row points at the file's row, whatever the carving did
+        assert texts[row.source_row - 1] == task.train.x[row.position] and labels[row.source_row - 1] == row.given_label
+    assert set(label_rows.suggested_label) <= set(task.classes)
+    assert "label_issues" not in report  # the record keeps counts and the file, not a truncated list
 
 
 def test_unknown_action_names_the_key(tmp_path):
