@@ -8,7 +8,8 @@ continual-learning runs, their average accuracy, forgetting and backward transfe
 as do CLIP runs' zero-shot accuracy and image->text / text->image recall@1 and @5;
 when it has few-shot runs, rows are split by N-way K-shot setting and show the meta-test accuracy
 ± its 95% confidence interval over tasks (mean over seeds of the per-run interval half-widths) and the
-number of meta-test tasks.
+number of meta-test tasks. In an lr grid (an arm at several lrs) the best validation accuracy, which
+chooses the lr, gets a column beside test accuracy.
 """
 from __future__ import annotations
 
@@ -54,9 +55,20 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         table["meta_test_acc_mean"] = ok_groups["meta_test_acc"].mean()
         table["meta_test_ci95_half"] = half_width.groupby([ok[k] for k in keys], dropna=False).mean()
         table["meta_test_tasks"] = ok_groups["meta_test_tasks"].min()
+    if _is_lr_grid(frame):  # the lr is chosen on validation, so a grid shows what chose it
+        table["val_acc_mean"] = ok_groups["best_val_acc"].mean()
+        table["val_acc_std"] = ok_groups["best_val_acc"].std(ddof=1)
     for source, name in COST_COLUMNS.items():
         table[name] = ok_groups[source].mean()
     return table.reset_index()
+
+
+def _is_lr_grid(frame: pd.DataFrame) -> bool:
+    """Some arm (configuration, task, refinement, method) ran at more than one lr."""
+    if "best_val_acc" not in frame or "lr" not in frame:
+        return False
+    keys = [k for k in GROUP_KEYS if k not in ("lr", "comparison")]
+    return bool((frame.groupby(keys, dropna=False)["lr"].nunique() > 1).any())
 
 
 def continual_columns(frame: pd.DataFrame) -> list[str]:
@@ -83,6 +95,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out.insert(shown.index("method"), "setting", [_setting(w, s) for w, s in zip(table.ways, table.shots)])
         out["meta-test acc ± 95% CI"] = [_pm(m, h) for m, h in zip(table.meta_test_acc_mean, table.meta_test_ci95_half)]
         out["tasks"] = table.meta_test_tasks.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+    if "val_acc_mean" in table:
+        out["best val acc"] = [_pm(m, s) for m, s in zip(table.val_acc_mean, table.val_acc_std)]
     out["acc"] = [_pm(m, s) for m, s in zip(table.acc_mean, table.acc_std)]
     out["macro-F1"] = [_pm(m, s) for m, s in zip(table.macro_f1_mean, table.macro_f1_std)]
     for source, name in {**CONTINUAL_COLUMNS, **CLIP_COLUMNS}.items():
