@@ -5,6 +5,7 @@ these tests fail loudly in CI (CI is set) and skip with the reason elsewhere.
 """
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -103,6 +104,14 @@ def test_sweep_runs_as_slurm_jobs_and_reports_like_a_local_run(slurm, tmp_path, 
     assert len(records_of(tmp_path, "onslurm")) == 6
 
 
+def test_a_bad_value_under_slurm_names_its_key(slurm, tmp_path, tiny_bert_dir):
+    out = run_tunebench(["run", "-m", "method=lora", "method.lr=abc", "seed=0", *tiny(tiny_bert_dir), *LAUNCH,
+                         "sweep=badlr"], tmp_path)
+    assert out.returncode == 1 and "1 cells: 1 failed" in out.stdout
+    [record] = records_of(tmp_path, "badlr")
+    assert record["error"]["message"] == "method.lr='abc': expected a number" and record["env"]["slurm_job_id"]
+
+
 def test_a_raising_cell_is_failed_in_status_though_slurm_says_completed(slurm, tmp_path, tiny_bert_dir):
     out = run_tunebench(["run", "-m", "method=lora", "method.impl=peft,nosuch", "seed=0,1", *tiny(tiny_bert_dir),
                          *LAUNCH, "sweep=raising"], tmp_path)
@@ -167,7 +176,7 @@ def test_signalled_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_pa
     assert "REQUEUED" in slurm_cli("sacct", "-D", "-X", "-n", "-o", "State", "-j", job.split("_")[0])
 
 
-def test_a_killed_job_is_missing_in_status(slurm, tmp_path, tiny_bert_dir):
+def test_a_cancelled_job_is_named_in_the_summary_and_in_status(slurm, tmp_path, tiny_bert_dir):
     # Long enough to outlive scancel's grace period (KillWait=10 s), after which SLURM kills it.
     sweep = _start(tmp_path, _long_cell(tiny_bert_dir, "lost", epochs=400))
     try:
@@ -176,8 +185,11 @@ def test_a_killed_job_is_missing_in_status(slurm, tmp_path, tiny_bert_dir):
         log, _ = sweep.communicate(timeout=300)
     finally:
         sweep.kill()
-    assert sweep.returncode != 0, log[-3000:]
+    assert sweep.returncode == 1 and "Traceback" not in log, log[-3000:]
+    assert f"sweep 'lost': 1 cells: 1 cancelled (SLURM job {job})" in log
     status = run_tunebench(["status", "results/runs/lost"], tmp_path)
     assert status.returncode == 1 and "1 missing" in status.stdout
     notes = list((tmp_path / "results" / "runs" / "lost" / ".cells").glob("*.json"))
     assert len(notes) == 1 and json.loads(notes[0].read_text())["run_id"] in status.stdout
+    [row] = [line for line in status.stdout.splitlines() if line.startswith("| missing")]
+    assert re.search(rf"\|\s*{job}\s*\|", row) and f"SLURM job {job} ended CANCELLED" in row

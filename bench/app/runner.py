@@ -224,27 +224,37 @@ class SweepSummary(Callback):
     outcomes: list[str] = []
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from tunebench.app.sweeper import LAUNCHED
+        from tunebench.app.sweeper import LAUNCHED, LOST
 
         SweepSummary.outcomes = [_outcome(cell) for cell in LAUNCHED]
         counts = {s: SweepSummary.outcomes.count(s) for s in OUTCOMES}
+        jobs = {s: sorted(job for rid, (state, job) in LOST.items() if _lost_outcome(state) == s) for s in ("cancelled", "lost")}
         log.info(
             "sweep '%s': %d cells: %s  (records: %s)", config.sweep, len(SweepSummary.outcomes),
-            ", ".join(f"{n} {OUTCOMES[s]}" for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),
+            ", ".join(f"{n} {OUTCOMES[s]}" + (f" (SLURM job {', '.join(jobs[s])})" if jobs.get(s) else "")
+                      for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),
         )
 
 
 OUTCOMES = {"ok": "ok", "skipped": "skipped", "elsewhere": "run by another process", "failed": "failed",
-            "diverged": "diverged", "awaiting_labels": "awaiting_labels", "missing": "missing"}
+            "diverged": "diverged", "awaiting_labels": "awaiting_labels", "cancelled": "cancelled",
+            "lost": "lost", "missing": "missing"}
+
+
+def _lost_outcome(slurm_state: str) -> str:
+    """A job that ended without a record: `cancelled` (scancel) or `lost` (time limit, node failure, OOM)."""
+    return "cancelled" if slurm_state.startswith("CANCELLED") else "lost"
 
 
 def _outcome(cell: dict) -> str:
+    from tunebench.app.sweeper import LOST
+
     if cell["run_id"] in NOT_RUN_HERE:
         return NOT_RUN_HERE[cell["run_id"]]
     try:
         record = rec.read_record(rec.record_path(Path(cell["sweep_dir"]), cell["run_id"]))
     except (FileNotFoundError, ValueError):
-        return "missing"
+        return _lost_outcome(LOST[cell["run_id"]][0]) if cell["run_id"] in LOST else "missing"
     if record["status"] == "ok" and str(record.get("finished_at", "")) < cell["launched_at"]:
         return "skipped"  # finished by an earlier launch
     return record["status"]

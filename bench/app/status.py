@@ -21,7 +21,9 @@ COLUMNS = ["status", "task", "refine", "method", "lr", "seed", "run_id", "slurm_
 def _missing_rows(sweep_dir: Path, recorded: set[str]) -> list[dict]:
     return [
         {"status": "missing", "run_id": rid, "method": _override(note, "method"), "seed": _override(note, "seed"),
-         "error": "no record; launched as: " + " ".join(note["overrides"])}
+         "slurm_job_id": note.get("slurm_job_id"),
+         "error": "no record" + (f"; SLURM job {note['slurm_job_id']} ended {note['slurm_state']}" if note.get("slurm_job_id") else "")
+                  + "; launched as: " + " ".join(note["overrides"])}
         for rid, note in launched_cells(sweep_dir).items() if rid not in recorded
     ]
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 from tunebench.core import record as rec
@@ -38,3 +42,36 @@ def note_cell(sweep_dir: Path, run_id: str, overrides: list[str], job_num: int) 
             "launched_at": rec.now_iso()}
     rec.write_atomic(Path(sweep_dir) / CELLS_DIR / f"{run_id}.json", cell)
     return cell
+
+
+# run_id -> (state, job id) of cells whose job ended without a result in this process's sweep.
+LOST: dict[str, tuple[str, str]] = {}
+
+
+def account_lost_jobs(error: str, cells: list[dict]) -> None:
+    """After submitit reported a job without a result: wait for the rest of its SLURM array, ask SLURM's
+    accounting how each job ended, and note the job id and state of every cell left without a record
+    (its note, so `tunebench status` shows them later, and LOST, for this sweep's summary)."""
+    job = re.search(r"Job (\S+) ", error)
+    state = re.search(r"state: ([A-Z_]+)", error)
+    job_id = job.group(1) if job else "?"
+    states = _array_states(job_id.split("_")[0]) if "_" in job_id and shutil.which("sacct") else {}
+    if not states:  # not a SLURM array (the local executor): only the job submitit named is known
+        states = {job_id: state.group(1) if state else "LOST"}
+    for index, cell in enumerate(cells):
+        task_job = f"{job_id.split('_')[0]}_{index}" if "_" in job_id else job_id
+        if task_job not in states or (Path(cell["sweep_dir"]) / f"{cell['run_id']}.json").exists():
+            continue
+        LOST[cell["run_id"]] = (states[task_job], task_job)
+        rec.write_atomic(Path(cell["sweep_dir"]) / CELLS_DIR / f"{cell['run_id']}.json",
+                         {**cell, "slurm_job_id": task_job, "slurm_state": states[task_job]})
+        log.error("cell %s: SLURM job %s ended %s without a record", cell["run_id"], task_job, states[task_job])
+
+
+def _array_states(array_id: str, poll_s: float = 5.0) -> dict[str, str]:
+    """Job id -> final SLURM state of every task of an array, once none is pending or running."""
+    log.info("a job of SLURM array %s ended without a result; waiting for the array's other jobs", array_id)
+    while subprocess.run(["squeue", "-h", "-j", array_id], capture_output=True, text=True).stdout.strip():
+        time.sleep(poll_s)
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array_id], capture_output=True, text=True).stdout
+    return {job: state.split()[0] for job, state in (line.split("|", 1) for line in out.splitlines() if "|" in line)}

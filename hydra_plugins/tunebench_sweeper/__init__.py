@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 
 from tunebench.core import record as rec
-from tunebench.app.sweeper import LAUNCHED, note_cell
+from tunebench.app.sweeper import LAUNCHED, account_lost_jobs, note_cell
 
 
 @dataclass
@@ -48,20 +48,31 @@ class TunebenchSweeper(BasicSweeper):
         launch = self.launcher.launch
 
         def note_then_launch(job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-            to_run = [o for i, o in enumerate(job_overrides) if self._note_cell(list(o), initial_job_idx + i)]
-            return launch(to_run, initial_job_idx) if to_run else []
+            notes = [self._note_cell(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)]
+            to_run = [o for o, note in zip(job_overrides, notes) if note is not None]
+            if not to_run:
+                return []
+            try:
+                return launch(to_run, initial_job_idx)
+            except Exception as e:  # submitit: a job ended without a result (scancel, time limit, node failure)
+                if type(e).__name__ != "UncompletedJobError":
+                    raise
+                # The cells that ran still wrote records; name the lost ones in the summary and `status`.
+                account_lost_jobs(str(e), [n for n in notes if n is not None])
+                return []
 
         self.launcher.launch = note_then_launch
 
-    def _note_cell(self, overrides: list[str], job_num: int) -> bool:
-        """Note the cell; False if it needs no job (its ok record exists and force is off)."""
+    def _note_cell(self, overrides: list[str], job_num: int) -> Optional[dict]:
+        """Note the cell; None if it needs no job (its ok record exists and force is off)."""
         from tunebench.app.runner import semantic_config
 
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         rid = rec.run_id(semantic_config(job_cfg))
         sweep_dir = Path(job_cfg.paths.runs) / str(job_cfg.sweep)
-        LAUNCHED.append(note_cell(sweep_dir, rid, overrides, job_num))
+        note = note_cell(sweep_dir, rid, overrides, job_num)
+        LAUNCHED.append(note)
         if not job_cfg.force and rec.existing_status(sweep_dir, rid) == "ok":
             log.info("skip %s (%s): ok record exists in %s", rid, " ".join(overrides), sweep_dir)
-            return False
-        return True
+            return None
+        return note
