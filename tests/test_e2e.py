@@ -77,7 +77,10 @@ def test_killed_sweep_resumes_with_exactly_one_record_per_cell(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = run_records(tmp_path, "kill")
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
-    assert not [p for p in runs.rglob("*") if p.is_file() and not p.name.endswith(".json")]  # no temp files left
+    # no temp files left (a cell's lock file beside its note stays: it is the lock, not a temp file)
+    assert not [p for p in runs.rglob("*") if p.is_file() and not p.name.endswith(".json")
+                and not (p.parent.name == ".cells" and p.suffix == ".lock")]
+    assert len(list((runs / ".cells").glob("*.lock"))) == 4
     assert len(list((runs / ".cells").glob("*.json"))) == 4  # the sweeper's note of each launched cell
     assert all(runs.joinpath(n).stat().st_mtime_ns == t for n, t in done_before.items())  # finished cells kept
     assert (resumed.stdout + resumed.stderr).count("skip ") == len(done_before)

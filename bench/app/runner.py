@@ -6,6 +6,7 @@ loss ends the run as `diverged`; an existing `ok` record makes the run skip unle
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -183,7 +184,9 @@ def _run_here(cfg, config: dict, rid: str, path: Path) -> str:
         log.warning("run %s stopped: %s", rid, e)
     except Exception as e:
         record["status"], record["error"] = "failed", rec.error_info(e)
-        log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
+        log.error("run %s failed: %s: %s", rid, type(e).__name__, e)  # the traceback is in the record
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            log.error("%s", record["error"]["traceback"])
     record.setdefault("resumed_from_step", 0)
     record["finished_at"] = rec.now_iso()
     path = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named
