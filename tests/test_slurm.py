@@ -104,27 +104,23 @@ def test_sweep_runs_as_slurm_jobs_and_reports_like_a_local_run(slurm, tmp_path, 
     assert len(records_of(tmp_path, "onslurm")) == 6
 
 
-def test_a_bad_value_under_slurm_names_its_key(slurm, tmp_path, tiny_bert_dir):
-    out = run_tunebench(["run", "-m", "method=lora", "method.lr=abc", "seed=0", *tiny(tiny_bert_dir), *LAUNCH,
-                         "sweep=badlr"], tmp_path)
-    assert out.returncode == 1 and "1 cells: 1 failed" in out.stdout
-    [record] = records_of(tmp_path, "badlr")
-    assert record["error"]["message"] == "method.lr='abc': expected a number" and record["env"]["slurm_job_id"]
-
-
-def test_a_raising_cell_is_failed_in_status_though_slurm_says_completed(slurm, tmp_path, tiny_bert_dir):
-    out = run_tunebench(["run", "-m", "method=lora", "method.impl=peft,nosuch", "seed=0,1", *tiny(tiny_bert_dir),
-                         *LAUNCH, "sweep=raising"], tmp_path)
+def test_raising_and_invalid_cells_are_failed_in_status_though_slurm_says_completed(slurm, tmp_path, tiny_bert_dir):
+    # 4 cells: ok, an unknown implementation (raises in the job), and method.lr=abc twice (refused on the
+    # node by the config check, before any work, with the key named).
+    out = run_tunebench(["run", "-m", "method=lora", "method.impl=peft,nosuch", "method.lr=3e-3,abc", "seed=0",
+                         *tiny(tiny_bert_dir), *LAUNCH, "sweep=raising"], tmp_path)
     assert out.returncode == 1  # the sweep ran to the end, but not every cell is ok
-    assert "4 cells: 2 ok, 2 failed" in out.stdout
+    assert "4 cells: 1 ok, 3 failed" in out.stdout
     status = run_tunebench(["status", "results/runs/raising"], tmp_path)
-    assert status.returncode == 1 and "2 failed, 2 ok" in status.stdout
+    assert status.returncode == 1 and "3 failed, 1 ok" in status.stdout
     failed_rows = [line for line in status.stdout.splitlines() if line.startswith("| failed")]
-    assert len(failed_rows) == 2 and all("unknown method 'nosuch'" in row for row in failed_rows)
+    assert len(failed_rows) == 3
+    assert sum("unknown method 'nosuch'" in row for row in failed_rows) == 1
+    assert sum("method.lr='abc': expected a number" in row for row in failed_rows) == 2
     # The status table names each failed cell's SLURM job; SLURM itself calls those jobs COMPLETED.
     failed = [r for r in records_of(tmp_path, "raising") if r["status"] == "failed"]
     jobs = {f"{r['env']['slurm_array_job_id']}_{r['env']['slurm_array_task_id']}" for r in failed}
-    assert len(jobs) == 2 and all(any(job in row for row in failed_rows) for job in jobs)
+    assert len(jobs) == 3 and all(any(job in row for row in failed_rows) for job in jobs)
     states = sacct_states({r["env"]["slurm_job_id"] for r in failed})
     assert {states[r["env"]["slurm_job_id"]] for r in failed} == {"COMPLETED"}
 
