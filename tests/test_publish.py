@@ -28,6 +28,17 @@ def test_publish_writes_tables_claim_and_every_record(tmp_path):
     assert "| lora " in (dest / "results.md").read_text() and (dest / "results.tex").exists()
 
 
+def test_a_sweep_without_the_reference_arm_publishes_no_claim(tmp_path):
+    sweep = tmp_path / "runs" / "grid"
+    for lr in (1e-3, 3e-3):
+        write_run(sweep, "lora", 0, 0.700, lr=lr)
+    dest = tmp_path / "published" / "grid"
+    dest.mkdir(parents=True)
+    (dest / "claim.json").write_text("[]")  # a stale claim from an earlier publish goes too
+    publish(sweep, dest)
+    assert (dest / "results.md").exists() and not list(dest.glob("claim*"))
+
+
 def test_docs_refills_published_blocks_and_check_reports_stale_ones(tmp_path, capsys):
     (tmp_path / "results" / "published" / "s").mkdir(parents=True)
     (tmp_path / "results" / "published" / "s" / "results.md").write_text("| a |\n|---|\n| 1 |\n")

@@ -102,10 +102,14 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     frame = load_frame(sweep_dir)  # fails naming a malformed record before anything is written
     written = list(write_tables(frame, dest, f"tunebench sweep {sweep_dir.name}")["paths"].values())
     comparisons = check(frame)
-    if comparisons:
+    if any(c.get("seeds") for c in comparisons):
         written += write_claim(comparisons, dest, 1.0, "holm")[1]
         (dest / "claim_summary.md").write_text(claim_summary(comparisons) + "\n")
         written.append(dest / "claim_summary.md")
+    else:  # no arm has a reference run beside it (an lr grid of peft methods only): no claim to stand behind
+        for name in ("claim.md", "claim.json", "claim_summary.md"):
+            (dest / name).unlink(missing_ok=True)
+        print(f"no claim published for {sweep_dir.name}: no PEFT arm has paired runs of its reference method")
     if frame["refine"].nunique() > 1:
         (dest / "refinements.md").write_text(refinement_summary(frame) + "\n")
         written.append(dest / "refinements.md")
