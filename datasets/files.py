@@ -93,7 +93,7 @@ def assemble_task(name: str, splits: dict[str, Split | None], classes: list[str]
                   modality: str = "text") -> Task:
     """Carve missing validation / test splits and the pool from train, stratified and seeded."""
     train = splits["train"]
-    source = _train_source(meta)
+    source = train.source or str(meta.get("source") or "the training data")
     column = cfg.get("label_column") or "label"
     if len(train) == 0:
         raise DataError(f"{source}: no data rows (a header only?); expected labelled rows in column '{column}'")
@@ -122,17 +122,11 @@ def assemble_task(name: str, splits: dict[str, Split | None], classes: list[str]
     for part in ("train", "validation", "test"):
         if len(getattr(task, part)) == 0:
             if part in given:
-                raise DataError(f"{_train_source(meta, part)}: no data rows (a header only?); expected the {part} split's examples")
+                raise DataError(f"{given[part].source or source}: no data rows (a header only?); expected the {part} split's examples")
             raise DataError(f"{source} ({len(train)} rows): the {part} split is empty (carved from train by "
                             f"data.{part}_size={cfg.get(part + '_size')}); expected at least one example: add rows, "
                             f"raise data.{part}_size, or give data.{part} as a file")
     return task
-
-
-def _train_source(meta: dict, part: str = "train") -> str:
-    """Where a split's rows came from, for error messages."""
-    source = meta.get("source")
-    return str(source.get(part, source)) if isinstance(source, dict) else str(source or f"the {part} data")
 
 
 @TASKS.register("files")

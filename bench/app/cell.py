@@ -61,10 +61,8 @@ def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) 
         except (FileNotFoundError, ValueError):
             pass
     how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
-    record = rec.new_record(config, run_id, str(cfg.sweep))
-    record.update(status="failed", finished_at=rec.now_iso(), env=rec.environment("cpu"),
-                  error={"type": "CellProcessDied", "message": f"the cell's process {how} before writing its record "
-                         f"(out of memory?); log: {log_file}", "traceback": ""})
+    record = rec.failed_record(config, run_id, str(cfg.sweep), "CellProcessDied",
+                               f"the cell's process {how} before writing its record (out of memory?); log: {log_file}")
     rec.write_atomic(record_path, record)
     log.error("run %s failed: its process %s", run_id, how)
     return "failed"

@@ -122,16 +122,18 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     path = rec.record_path(Path(cfg.paths.runs) / str(cfg.sweep), rid)
     if _already_ok(cfg, path, rid):
         return "skipped"
-    try:
-        check_run_config(cfg)
-    except ConfigError as e:  # before any work: one line and a failed record, the rest of a sweep goes on
-        return _refuse(cfg, config, rid, path, e)
     NOT_RUN_HERE.pop(rid, None)
     try:
         for key in ("runs", "checkpoints", "cache"):
             rec.ensure_writable(Path(cfg.paths[key]) / (str(cfg.sweep) if key == "runs" else ""), f"paths.{key}")
     except rec.NotWritable as e:  # no record can be written: say so before any work
         log.error("run %s not started: %s", rid, e)
+        return "failed"
+    try:
+        check_run_config(cfg)
+    except ConfigError as e:  # before any work: one line and a failed record, the rest of a sweep goes on
+        rec.write_atomic(path, rec.failed_record(config, rid, str(cfg.sweep), "ConfigError", str(e)))
+        log.error("run %s failed: invalid config: %s", rid, e)
         return "failed"
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -194,15 +196,6 @@ def _run_here(cfg, config: dict, rid: str, path: Path) -> str:
     logger.finish(record)
     _log_outcome(record, path)
     return record["status"]
-
-
-def _refuse(cfg, config: dict, rid: str, path: Path, error: ConfigError) -> str:
-    record = rec.new_record(config, rid, str(cfg.sweep))
-    record.update(status="failed", finished_at=rec.now_iso(), env=rec.environment("cpu"), resumed_from_step=0,
-                  error={"type": "ConfigError", "message": str(error), "traceback": ""})
-    rec.write_atomic(path, record)
-    log.error("run %s failed: invalid config: %s", rid, error)
-    return "failed"
 
 
 def _log_outcome(record: dict, path: Path) -> None:

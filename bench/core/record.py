@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -19,6 +20,7 @@ from typing import Any, Iterator
 
 from tunebench import RECORD_SCHEMA_VERSION
 
+log = logging.getLogger("tunebench")
 # Top-level config keys that do not change what a run computes: they are left out of the run id,
 # so moving results, switching loggers or launchers, or forcing a rerun keeps the same id.
 NON_SEMANTIC_KEYS = ("logger", "paths", "force", "sweep", "threads", "launcher", "cell_process")
@@ -88,6 +90,14 @@ def fallback_path(path: Path) -> Path:
     return Path(tempfile.gettempdir()) / "tunebench-unsaved-records" / Path(path).parent.name / Path(path).name
 
 
+def failed_record(config: dict, rid: str, sweep: str, error_type: str, message: str) -> dict:
+    """A `failed` record for a cell that never ran its code (refused config, a cell process that died)."""
+    record = new_record(config, rid, sweep)
+    record.update(status="failed", finished_at=now_iso(), env=environment("cpu"), resumed_from_step=0,
+                  error={"type": error_type, "message": message, "traceback": ""})
+    return record
+
+
 def write_record(path: Path, record: dict) -> Path:
     """write_atomic, or the fallback path (returned) if the record's folder cannot be written any more."""
     try:
@@ -96,10 +106,8 @@ def write_record(path: Path, record: dict) -> Path:
     except OSError as e:
         kept = fallback_path(path)
         write_atomic(kept, record)
-        import logging
-
-        logging.getLogger("tunebench").error("cannot write the record %s (%s); kept it at %s: copy it there once the "
-                                             "folder is writable", path, e.strerror or e, kept)
+        log.error("cannot write the record %s (%s); kept it at %s: copy it there once the "
+                  "folder is writable", path, e.strerror or e, kept)
         return kept
 
 

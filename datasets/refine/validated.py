@@ -48,12 +48,17 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int, seed: in
     return cross_val_predict(LogisticRegression(max_iter=2000, C=1.0), x, y, cv=cv, method="predict_proba")
 
 
-def exact_duplicate_groups(inputs: list) -> list[list[int]]:
-    """Groups (of 2+) of positions with identical inputs, first occurrence first."""
+def positions_by_content(inputs: list) -> dict[str, list[int]]:
+    """Content digest -> positions of the inputs with that content, in order."""
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(inputs):
         groups.setdefault(inputs_digest([item]), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
+    return groups
+
+
+def exact_duplicate_groups(inputs: list) -> list[list[int]]:
+    """Groups (of 2+) of positions with identical inputs, first occurrence first."""
+    return [g for g in positions_by_content(inputs).values() if len(g) > 1]
 
 
 def schema_checks(task) -> dict:
@@ -102,6 +107,11 @@ def _extra_copies(groups: list[list[int]]) -> set[int]:
     return {i for g in groups for i in g[1:]}
 
 
+def _without(split, positions: set[int]):
+    """The split less the examples at `positions`, in order."""
+    return split.subset(np.array([i for i in range(len(split)) if i not in positions], dtype=np.int64))
+
+
 @REFINEMENTS.register("validated")
 def validated(task, cfg, ctx) -> Refined:
     action, leakage = str(cfg["action"]), str(cfg["leakage"])
@@ -127,17 +137,15 @@ def validated(task, cfg, ctx) -> Refined:
     train = task.train
     if action == "drop":
         remove = set(label.tolist()) | set(outlier.tolist()) | extra | leaked
-        keep = np.array([i for i in range(len(train)) if i not in remove], dtype=np.int64)
-        train = train.subset(keep)
+        train = _without(train, remove)
         report["removed"] = len(remove)
     elif action == "relabel":
         y = train.y.copy()
         y[label] = issues["predicted"][label]
-        keep = np.array([i for i in range(len(train)) if i not in extra | leaked], dtype=np.int64)
-        train = replace(train, y=y).subset(keep)
+        train = _without(replace(train, y=y), extra | leaked)
         report.update(relabeled=int(np.sum(y != task.train.y)), removed=len(extra | leaked))
     elif leaked:
-        train = train.subset(np.array([i for i in range(len(train)) if i not in leaked], dtype=np.int64))
+        train = _without(train, leaked)
         report["removed"] = len(leaked)
     report["train_size_before"], report["train_size_after"] = len(task.train), len(train)
     log.info("validated (%s): %d label issues, %d outliers, %d exact-duplicate copies, %d exact / %d near leaks into "
@@ -155,9 +163,8 @@ LEAK_COLUMNS = ["train_position", "train_source", "train_source_row", "split", "
 def cross_split_leaks(task, train_features: np.ndarray, similarity: float, ctx) -> pd.DataFrame:
     """Training examples that also occur in validation / test: exact (same content) and near (cosine
     similarity of the features >= `similarity`). A leak makes held-out accuracy measure recall."""
-    train_digests = {}
-    for i, item in enumerate(task.train.x):
-        train_digests.setdefault(inputs_digest([item]), []).append(i)
+    train_digests = positions_by_content(task.train.x)
+    train_unit = _unit(train_features)
     rows = []
     for name in ("validation", "test"):
         split = getattr(task, name)
@@ -168,7 +175,7 @@ def cross_split_leaks(task, train_features: np.ndarray, similarity: float, ctx) 
                 exact.add((i, j))
         if len(split) and len(task.train):
             held_out, _ = features(split.x, task.modality, ctx.cache_dir)
-            sims = _unit(train_features) @ _unit(held_out).T
+            sims = train_unit @ _unit(held_out).T
             for i, j in zip(*np.nonzero(sims >= similarity)):
                 if (int(i), int(j)) not in exact:
                     rows.append(_leak(task.train, int(i), name, split, int(j), "near", float(sims[i, j])))

@@ -55,7 +55,9 @@ class TunebenchSweeper(BasicSweeper):
             try:
                 return launch(to_run, initial_job_idx)
             except Exception as e:  # submitit: a job ended without a result (scancel, time limit, node failure)
-                if type(e).__name__ != "UncompletedJobError":
+                from submitit.core.utils import UncompletedJobError  # only submitit launchers get here
+
+                if not isinstance(e, UncompletedJobError):
                     raise
                 # The cells that ran still wrote records; name the lost ones in the summary and `status`.
                 account_lost_jobs(str(e), [n for n in notes if n is not None])
