@@ -55,6 +55,11 @@ class TextCodec:
     def encode(self, split) -> Encoded:
         return encode(self.tokenizer, split, self.max_length)
 
+    def eval_order(self, data: Encoded) -> np.ndarray:
+        """Longest first: evaluation batches of similar lengths pad little (half the evaluation time on
+        Rotten Tomatoes at batch 128; logits change by ~1e-7, from the shorter matrix shapes)."""
+        return np.argsort(-np.fromiter(map(len, data.input_ids), dtype=np.int64, count=len(data)), kind="stable")
+
     def collate(self, data: Encoded, indices) -> dict:
         batch = self.tokenizer.pad({"input_ids": [data.input_ids[i] for i in indices]}, return_tensors="pt")
         batch["labels"] = torch.as_tensor(data.labels[indices])
@@ -70,6 +75,9 @@ class ImageCodec:
             pixels = pixels.unsqueeze(1)
         return EncodedImages(pixels, np.asarray(split.y, dtype=np.int64))
 
+    def eval_order(self, data: EncodedImages) -> np.ndarray:
+        return np.arange(len(data))  # every image has the same shape: nothing to gain
+
     def collate(self, data: EncodedImages, indices) -> dict:
         indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return {"pixel_values": data.pixels[indices], "labels": torch.as_tensor(data.labels[indices.numpy()])}
@@ -83,13 +91,16 @@ def make_codec(model, task):
 
 @torch.no_grad()
 def predict(net, codec, data, batch_size: int) -> np.ndarray:
+    """Predicted labels in the data's order; batches follow the codec's evaluation order."""
     net.eval()
-    preds = []
+    order = codec.eval_order(data)
+    preds = np.zeros(len(data), dtype=np.int64)
     for start in range(0, len(data), batch_size):
-        batch = codec.collate(data, np.arange(start, min(start + batch_size, len(data))))
+        indices = order[start:start + batch_size]
+        batch = codec.collate(data, indices)
         batch.pop("labels")
-        preds.append(net(**batch).logits.argmax(-1).numpy())
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+        preds[indices] = net(**batch).logits.argmax(-1).numpy()
+    return preds
 
 
 def scores(preds: np.ndarray, labels: np.ndarray) -> dict:

@@ -235,3 +235,30 @@ def test_gradient_checkpointing_refuses_a_model_without_it():
     job = ToyJob()
     with pytest.raises(ValueError, match=r"train.grad_checkpointing=true: Sequential has no module that supports"):
         run(job, grad_checkpointing=True)
+
+
+def test_text_evaluation_runs_longest_first_and_returns_predictions_in_the_data_order():
+    """Length-sorted evaluation batches pad less; the predictions must still line up with the labels."""
+    from omegaconf import OmegaConf
+
+    from tunebench.core.models import build
+    from tunebench.datasets import load
+    from tunebench.methods.classifier import TextCodec, predict
+
+    from .conftest import ROOT
+
+    task = load(OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "data" / "rotten_tomatoes.yaml"),
+                                {"train_size": 32, "validation_size": 64, "test_size": 32, "pool_size": 32}))
+    torch.manual_seed(0)
+    model = build(OmegaConf.create({"name": "minilm"}), task)
+    codec = TextCodec(model.tokenizer, 128)
+    val = codec.encode(task.validation)
+    lengths = [len(val.input_ids[i]) for i in codec.eval_order(val)]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    one_by_one = []
+    with torch.no_grad():
+        model.net.eval()
+        for i in range(len(val)):  # no padding at all: the reference
+            one_by_one.append(int(model.net(**{"input_ids": torch.tensor([val.input_ids[i]])}).logits.argmax(-1)))
+    assert 10 < sum(one_by_one) < len(one_by_one) - 10  # both classes predicted: a misplaced prediction would show
+    assert predict(model.net, codec, val, 16).tolist() == one_by_one
