@@ -28,6 +28,7 @@ class Split:
     y: np.ndarray  # int64 class indices; -1 = no class (image-text pairs without a label column)
     labeled: bool = True  # False for the pool: its labels are hidden, only an oracle may reveal them
     captions: list | None = None  # image-text tasks: one caption string per input (None for the others)
+    targets: list | None = None  # generation tasks: the completion a model should write after each prompt
     # Provenance, for reports a user can act on: the file (or dataset) the examples came from and each
     # one's 0-based data row in it. None where examples were made (generated, augmented) or merged.
     source: str | None = None
@@ -42,6 +43,8 @@ class Split:
             bad = next((i for i, c in enumerate(self.captions) if not isinstance(c, str)), None)
             if bad is not None:
                 raise ValueError(f"split caption {bad} is {self.captions[bad]!r}: expected a string")
+        if self.targets is not None and len(self.targets) != len(self.x):
+            raise ValueError(f"split has {len(self.x)} inputs but {len(self.targets)} targets")
         if self.rows is not None and len(self.rows) != len(self.x):
             raise ValueError(f"split has {len(self.x)} inputs but {len(self.rows)} source rows")
 
@@ -52,7 +55,8 @@ class Split:
         indices = np.asarray(indices, dtype=np.int64)
         captions = None if self.captions is None else [self.captions[i] for i in indices]
         rows = None if self.rows is None else self.rows[indices]
-        return replace(self, x=[self.x[i] for i in indices], y=self.y[indices], captions=captions, rows=rows)
+        targets = None if self.targets is None else [self.targets[i] for i in indices]
+        return replace(self, x=[self.x[i] for i in indices], y=self.y[indices], captions=captions, rows=rows, targets=targets)
 
     def origin(self, position: int) -> tuple[str | None, int | None]:
         """(source, 1-based data row) of one example, or (None, None) where it has no provenance."""
@@ -67,7 +71,7 @@ class Split:
 @dataclass(frozen=True)
 class Task:
     name: str
-    modality: str  # "text" | "image" | "image-text"
+    modality: str  # "text" | "image" | "image-text" | "generation" (prompt -> completion, for causal LMs)
     classes: list[str]
     train: Split
     validation: Split
@@ -92,10 +96,19 @@ class Task:
             if split.captions is not None:  # only then: the hashes of caption-less tasks stay as they were
                 h.update(b"captions")
                 update_with_inputs(h, split.captions)
+            if split.targets is not None:
+                h.update(b"targets")
+                update_with_inputs(h, split.targets)
         return h.hexdigest()[:16]
 
     def majority_baseline(self) -> float:
-        """Test accuracy of always predicting the most frequent training class."""
+        """Test accuracy of always predicting the most frequent training class (generation tasks without
+        classes: of always writing the most frequent training answer)."""
+        if self.meta.get("answers") == "gsm8k":
+            from tunebench.datasets.generation import final_answer, most_frequent_answer_accuracy
+
+            return most_frequent_answer_accuracy([final_answer(t) for t in self.train.targets],
+                                                 [final_answer(t) for t in self.test.targets])
         if not self.num_classes:  # caption pairs without classes
             return float("nan")
         majority = int(np.bincount(self.train.y, minlength=self.num_classes).argmax())

@@ -154,6 +154,7 @@ class SequenceClassifierMethod:
 
     name = "base"
     modalities = ("text",)  # tasks it can fine-tune on
+    generates = True  # on a generation task, the same method trains a causal LM (methods/causal_lm.py)
 
     def adapt(self, net, method_cfg):
         """Return the network to train; the base trains every parameter."""
@@ -166,6 +167,10 @@ class SequenceClassifierMethod:
         net.save_pretrained(out_dir)
 
     def fit_evaluate(self, run: RunContext) -> Result:
+        if run.task.modality == "generation":
+            from .causal_lm import fit_evaluate_causal
+
+            return fit_evaluate_causal(self, run)
         net, task, meter = run.model.net, run.task, run.meter
         codec = make_codec(run.model, task)
         train, val, test = (codec.encode(s) for s in (task.train, task.validation, task.test))

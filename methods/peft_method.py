@@ -59,6 +59,10 @@ def wrap(net, config: PeftConfig, method_name: str):
         ) from e
 
 
+def _is_causal_lm(net) -> bool:
+    return bool(getattr(net, "can_generate", lambda: False)())
+
+
 @METHODS.register("peft")
 class PeftMethod(SequenceClassifierMethod):
     """A classifier with a peft adapter; the new classification head trains fully (peft's modules_to_save)."""
@@ -71,9 +75,21 @@ class PeftMethod(SequenceClassifierMethod):
 
         if isinstance(net, ImageClassifier):
             return self._adapt_image(net, method_cfg)
+        if _is_causal_lm(net):
+            return self._adapt_causal(net, method_cfg)
         # task_type SEQ_CLS makes peft train the new classifier head too (modules_to_save).
         return wrap(net, peft_config(method_cfg.peft, defaults={"task_type": TaskType.SEQ_CLS},
                                      overrides=self._step_placeholders(method_cfg.peft)), self.name)
+
+    def _adapt_causal(self, net, m):
+        """A decoder: peft's CAUSAL_LM task type. Layer names differ from the encoder's (q_proj, not query), so
+        the YAML's target lists give way to `method.decoder_target_modules`, or else to peft's defaults for
+        the architecture (LoRA: q_proj / v_proj; IA3: k_proj / v_proj / down_proj)."""
+        overrides = {key: None for key in ("target_modules", "feedforward_modules") if m.peft.get(key) is not None}
+        if m.get("decoder_target_modules") is not None:
+            overrides["target_modules"] = list(m.decoder_target_modules)
+        overrides.update(self._step_placeholders(m.peft))
+        return wrap(net, peft_config(m.peft, defaults={"task_type": TaskType.CAUSAL_LM}, overrides=overrides), self.name)
 
     def _step_placeholders(self, node) -> dict:
         """AdaLoRA's `total_step: auto`: a valid placeholder now, the run's step count in before_training."""

@@ -40,6 +40,27 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama (a causal LM) saved as a local HF folder, with the packaged MiniLM tokenizer
+    ([MASK] as its end-of-sequence token, [PAD] for padding): the hub format, offline and fast."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunebench.core.models import resolve_source
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    minilm, _ = resolve_source("minilm")
+    tokenizer = AutoTokenizer.from_pretrained(minilm, local_files_only=True)
+    tokenizer.eos_token = "[MASK]"
+    __import__("torch").manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNEBENCH_RESULTS": str(Path(cwd) / "results"), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([*TUNEBENCH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -20,7 +20,7 @@ from tunebench.core.config_check import ConfigError, check_run_config
 from tunebench.core.engine import TrainSettings, lr_for
 from tunebench.core.loggers import LOGGERS
 from tunebench.core.meter import CostMeter
-from tunebench.core.models import ModelFactory
+from tunebench.core.models import ModelFactory, prepare_packaged
 from tunebench.core.run_context import RunContext
 from tunebench.core.seeding import seed_everything
 
@@ -68,7 +68,7 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
     train = TrainSettings.from_config(cfg.train)
     seed_everything(int(cfg.seed))
     task = load(cfg.data)
-    if task.modality not in method.modalities:
+    if not method_accepts(method, task.modality):
         raise ValueError(f"method '{cfg.method.name}' fine-tunes {'/'.join(method.modalities)} tasks; "
                          f"data={cfg.data.name} has modality '{task.modality}'")
     record["cell"] = cell_of(cfg, task, chain_name(cfg.refine), train)  # before refining: a stopped or failed refinement still names its cell
@@ -76,13 +76,19 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
     task, init, record["refinements"] = apply_chain(task, cfg.refine, refine_ctx)
     record["task"] = task.summary()
     device = _device(cfg)
+    prepare_packaged(cfg.model, refine_ctx.cache_dir)  # a one-off conversion (SmolLM2) is not the run's cost
     meter = CostMeter(device).start()
     try:
-        model = build(cfg.model, task, init)
-        model.net = method.adapt(model.net, cfg.method).to(device)
+        model = build(cfg.model, task, init, cache_dir=refine_ctx.cache_dir)
+        model.net = method.adapt(model.net, cfg.method)
+        if not _on_meta_device(model.net):  # a published config without weights: counted, never moved
+            model.net = model.net.to(device)
         meter.count_params(model.net, model.head_prefixes)
         if cfg.count_only:
             return
+        if _on_meta_device(model.net):
+            raise ValueError(f"model={cfg.model.name} is a published configuration without weights: it can count "
+                             f"parameters (count_only=true) but not train; use model=hf model.name=<hub name or folder>")
         run = RunContext(method=cfg.method, train=train, seed=int(cfg.seed), task=task, model=model, meter=meter,
                          cache_dir=refine_ctx.cache_dir, checkpoint=checkpoint, log_metrics=log_metrics,
                          load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
@@ -92,6 +98,16 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
     finally:
         meter.stop()
         record["cost"] = meter.summary()
+
+
+def method_accepts(method, modality: str) -> bool:
+    """The method's modalities; a text method that can also train causal LMs (`generates`) takes generation tasks."""
+    return modality in method.modalities or (modality == "generation" and "text" in method.modalities
+                                             and getattr(method, "generates", False))
+
+
+def _on_meta_device(net) -> bool:
+    return any(p.is_meta for p in net.parameters())
 
 
 def _check_refinements_are_read(method, cfg) -> None:
@@ -201,9 +217,10 @@ def _run_here(cfg, config: dict, rid: str, path: Path) -> str:
 def _log_outcome(record: dict, path: Path) -> None:
     m, c = record["metrics"], record["cost"]
     if record["status"] == "ok" and "test_acc" in m:
+        f1 = m.get("test_macro_f1")
         log.info(
-            "done %s: test acc %.4f  macro-F1 %.4f  trainable %s (%.3f%%)  peak mem %s MB  train %.1f s  -> %s",
-            record["run_id"], m["test_acc"], m["test_macro_f1"], c.get("params_trainable"),
+            "done %s: test acc %.4f  macro-F1 %s  trainable %s (%.3f%%)  peak mem %s MB  train %.1f s  -> %s",
+            record["run_id"], m["test_acc"], "n/a" if f1 is None else f"{f1:.4f}", c.get("params_trainable"),
             c.get("trainable_pct", 0.0), c.get("peak_memory_mb"), c.get("train_seconds", 0.0), path,
         )
     else:

@@ -37,6 +37,7 @@ class MethodKeys(_Open):
     name: str
     lr: PositiveNumber | None = None
     image_lr: PositiveNumber | None = None
+    generation_lr: PositiveNumber | None = None
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     warmup_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
 
@@ -48,6 +49,7 @@ class DataKeys(_Open):
     test_size: Size = None
     pool_size: Annotated[float, Field(ge=0)] | None = None
     max_length: Annotated[int, Field(ge=1)] | None = None
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
 SCHEMAS: dict[str | None, type[BaseModel]] = {None: RootKeys, "method": MethodKeys, "data": DataKeys}

