@@ -10,7 +10,8 @@ their median with the min-max spread. Goal: overhead ratio <= 1.03.
 Cell (`--cell`): one `tunebench run` cell (default LoRA on Rotten Tomatoes) against the same job written
 with HF `Trainer` + peft (same data, model, adapter, optimiser, schedule, steps and evaluations; see
 `tunebench.app.hf_trainer_cell`), each as its own process, alternating; wall and CPU ratios per pair.
-Goal: tunebench / Trainer <= 1.0. Benchmarks, not tests: the numbers depend on the machine.
+Goal: tunebench / Trainer <= 1.0. tunebench evaluates text in length-sorted batches and the Trainer (default
+settings) in data order: that is most of the difference. Benchmarks, not tests: the numbers depend on the machine.
 """
 from __future__ import annotations
 
