@@ -103,50 +103,46 @@ NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "
 THINGS = ["apples", "stickers", "marbles", "books", "coins", "shells", "pencils", "cards"]
 
 
+_OPERATIONS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
+
+
+def two_steps(a: int, first: str, b: int, second: str, c: int) -> str:
+    """The worked solution `a first b = r`, `r second c = answer`, and `#### answer` (GSM8K's last line)."""
+    r = _OPERATIONS[first](a, b)
+    answer = _OPERATIONS[second](r, c)
+    return f"{a} {first} {b} = {r}\n{r} {second} {c} = {answer}\n#### {answer}"
+
+
 def _bought_and_gave(rng, a):
-    name, things = rng.choice(NAMES), rng.choice(THINGS)
-    b, c = int(rng.integers(2, 30)), int(rng.integers(2, 20))
-    total = a + b
-    question = (f"{name} had {a} {things}. {name} bought {b} more and then gave {c} to a friend. "
-                f"How many {things} does {name} have now?")
-    solution = f"{a} + {b} = {total}\n{total} - {c} = {total - c}\n#### {total - c}"
-    return question, solution
+    name, things, b, c = rng.choice(NAMES), rng.choice(THINGS), int(rng.integers(2, 30)), int(rng.integers(2, 20))
+    return (f"{name} had {a} {things}. {name} bought {b} more and then gave {c} to a friend. "
+            f"How many {things} does {name} have now?"), two_steps(a, "+", b, "-", c)
 
 
 def _boxes(rng, a):
-    name, things = rng.choice(NAMES), rng.choice(THINGS)
-    k, c = int(rng.integers(2, 6)), int(rng.integers(1, 10))
-    question = (f"A box holds {a} {things}. {name} has {k} boxes and {c} loose {things}. "
-                f"How many {things} does {name} have in total?")
-    solution = f"{k} * {a} = {k * a}\n{k * a} + {c} = {k * a + c}\n#### {k * a + c}"
-    return question, solution
+    name, things, k, c = rng.choice(NAMES), rng.choice(THINGS), int(rng.integers(2, 6)), int(rng.integers(1, 10))
+    return (f"A box holds {a} {things}. {name} has {k} boxes and {c} loose {things}. "
+            f"How many {things} does {name} have in total?"), two_steps(k, "*", a, "+", c)
 
 
 def _temperature(rng, a):
     b, c = int(rng.integers(a // 2 + 1, a + 30)), int(rng.integers(2, 15))
-    question = (f"The temperature was {a} degrees at noon. By evening it had dropped by {b} degrees, and by "
-                f"midnight by {c} more. What was the temperature at midnight?")
-    solution = f"{a} - {b} = {a - b}\n{a - b} - {c} = {a - b - c}\n#### {a - b - c}"
-    return question, solution
+    return (f"The temperature was {a} degrees at noon. By evening it had dropped by {b} degrees, and by "
+            f"midnight by {c} more. What was the temperature at midnight?"), two_steps(a, "-", b, "-", c)
 
 
 def _library(rng, a):
     start = a * 100 + int(rng.integers(0, 10)) * 10
     m, k = int(rng.integers(2, 10)) * 10, int(rng.integers(2, 6))
-    question = (f"A library has {start:,} books. It buys {m} new books every month. "
-                f"How many books does it have after {k} months?")
-    solution = f"{k} * {m} = {k * m}\n{start} + {k * m} = {start + k * m}\n#### {start + k * m}"
-    return question, solution
+    return (f"A library has {start:,} books. It buys {m} new books every month. "
+            f"How many books does it have after {k} months?"), two_steps(k, "*", m, "+", start)
 
 
 def _sharing(rng, a):
-    name, things = rng.choice(NAMES), rng.choice(THINGS)
-    k = int(rng.integers(2, 6))
+    name, things, k = rng.choice(NAMES), rng.choice(THINGS), int(rng.integers(2, 6))
     c = int(rng.integers(1, max(2, a // 2)))
-    question = (f"{name} shares {a * k} {things} equally among {k} friends. Each friend then loses {c} of them. "
-                f"How many {things} does each friend have left?")
-    solution = f"{a * k} / {k} = {a}\n{a} - {c} = {a - c}\n#### {a - c}"
-    return question, solution
+    return (f"{name} shares {a * k} {things} equally among {k} friends. Each friend then loses {c} of them. "
+            f"How many {things} does each friend have left?"), two_steps(a * k, "/", k, "-", c)
 
 
 TEMPLATES = [_bought_and_gave, _boxes, _temperature, _library, _sharing]
