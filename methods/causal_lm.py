@@ -45,7 +45,7 @@ def answer_only_labels(prompt: list[int], target: list[int]) -> list[int]:
 
 
 class PromptCodec:
-    """Tokenises prompt / target pairs; pads right for training, left for generation."""
+    """Tokenises prompt / target pairs and pads them on the left (answers, and generation, start at the right edge)."""
 
     def __init__(self, tokenizer, template: str, max_length: int):
         if "{text}" not in template:
@@ -62,12 +62,17 @@ class PromptCodec:
     def encode(self, split) -> EncodedLM:
         prompts, targets = [], []
         for x, target in zip(split.x, split.targets):
-            prompt, answer = self.prompt_ids(x), self.target_ids(target)
-            answer = answer[: self.max_length // 2] if len(answer) > self.max_length // 2 and len(prompt) + len(answer) > self.max_length else answer
-            keep = max(1, self.max_length - len(answer))
-            prompts.append(prompt[-keep:])  # a long prompt loses its start, never the answer
+            prompt, answer = self._fit(self.prompt_ids(x), self.target_ids(target))
+            prompts.append(prompt)
             targets.append(answer)
         return EncodedLM(prompts, targets, [str(t) for t in split.targets])
+
+    def _fit(self, prompt: list[int], answer: list[int]) -> tuple[list[int], list[int]]:
+        """Within max_length: the prompt loses its start first; an answer is cut only beyond half the budget."""
+        if len(prompt) + len(answer) > self.max_length:
+            answer = answer[: max(self.max_length // 2, self.max_length - len(prompt))]
+            prompt = prompt[-max(1, self.max_length - len(answer)):]
+        return prompt, answer
 
     def train_batch(self, data: EncodedLM, indices, targets: list[list[int]] | None = None) -> dict:
         """Prompt + target rows, left-padded so that every answer ends at the right edge; labels on the
