@@ -225,3 +225,11 @@ def test_the_metamath_to_gsm8k_recipe_loads_local_files_in_the_hub_format(tmp_pa
     cfg.test.answer_column = "solution"
     with pytest.raises(ValueError, match=r"data.test.answer_column='solution': json has columns \['question', 'answer'\]"):
         load(cfg)
+
+
+def test_a_long_prompt_loses_its_start_and_keeps_its_answer(tiny):
+    _, tokenizer = tiny
+    codec, data = encoded(tokenizer, ["one two three four five six seven eight nine ten eleven twelve"], ["forty two"], max_length=8)
+    target = codec.target_ids("forty two")
+    assert data.targets[0] == target and len(data.prompts[0]) + len(target) == 8
+    assert data.prompts[0] == codec.prompt_ids("one two three four five six seven eight nine ten eleven twelve")[-(8 - len(target)):]
