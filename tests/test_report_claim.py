@@ -294,3 +294,31 @@ def test_ratio_interval_is_a_t_interval_on_log_ratios(tmp_path):
     assert part["estimate"] == pytest.approx(np.exp(logs.mean()))
     assert part["ci_low"] == pytest.approx(np.exp(logs.mean() - half)) and part["ci_high"] == pytest.approx(np.exp(logs.mean() + half))
     assert part["verdict"] == "inconclusive" and part["ci_high"] > 0.8  # 0.75 on average, but 3 seeds cannot place it below 0.8
+
+
+def test_identical_outcomes_bound_the_difference_by_the_rule_of_three_instead_of_a_zero_width_interval(tmp_path):
+    """Arms that agree on every test example give no spread for a t-interval (it would say p = 0); with
+    few outcomes that is no evidence of non-inferiority, with many it is."""
+    for n, verdict in ((16, "inconclusive"), (N_TEST, "supported")):
+        sweep = tmp_path / "runs" / f"same{n}"
+        same = "".join("1" if i % 3 else "0" for i in range(n))
+        full_runs(sweep, [0.66, 0.66], correct=same)
+        for seed in (0, 1):
+            write_run(sweep, "lora", seed, 0.66, correct=same)
+        acc = parts_of(run_check(sweep), "lora")["accuracy"]
+        assert acc["verdict"] == verdict and acc["ci_high"] == pytest.approx(100 * 3 / (2 * n)), acc
+        assert "agree on all" in acc["note"]
+
+
+def test_a_reference_that_did_not_learn_makes_the_accuracy_part_inconclusive(tmp_path):
+    sweep = tmp_path / "runs" / "flat"
+    for seed in (0, 1, 2):
+        for method, acc in (("full", 0.50), ("lora", 0.52)):
+            config_rng = np.random.default_rng(seed)
+            rid = write_run(sweep, method, seed, acc, rng=config_rng, trainable=22_000_000 if method == "full" else 100_000)
+            path = rec.record_path(sweep, rid)
+            record = json.loads(path.read_text())
+            record["metrics"]["majority_baseline_test_acc"] = 0.5
+            rec.write_atomic(path, record)
+    acc = parts_of(run_check(sweep), "lora")["accuracy"]
+    assert acc["verdict"] == "inconclusive" and "not above the trivial baseline (50.0%)" in acc["note"]

@@ -105,10 +105,27 @@ def accuracy_part(peft: pd.DataFrame, full: pd.DataFrame, margin: float) -> Part
     if a is None or b is None or a.shape != b.shape or tasks != _task_counts(full):
         return Part(name, estimate, None, None, threshold, "inconclusive",
                     "no per-example test outcomes (metrics.test_correct) shared by both arms: test-set noise cannot be counted")
+    baseline = float(full["majority_baseline_test_acc"].mean()) if "majority_baseline_test_acc" in full else float("nan")
+    if float(full.test_acc.mean()) <= baseline:  # NaN (no baseline) compares False
+        return Part(name, estimate, None, None, threshold, "inconclusive",
+                    f"the reference arm ({100 * full.test_acc.mean():.1f}%) is not above the trivial baseline "
+                    f"({100 * baseline:.1f}%): it did not learn the task, so agreeing with it says nothing")
+    if not (a != b).any():
+        return _no_discordance(name, estimate, a.size, margin, threshold)
     per_unit, units = _resampling_units(a - b, tasks)
     interval = accuracy_interval(per_unit)
     note = f"{len(peft)} seeds x {units}; t-interval, {interval.df:.1f} df"
     return _tested(name, interval, -margin / 100, lower_is_claim=False, scale=lambda v: 100 * v, threshold=threshold, note=note)
+
+
+def _no_discordance(name: str, estimate: float, outcomes: int, margin: float, threshold: str) -> Part:
+    """Both arms right and wrong on exactly the same examples in every seed: the t-interval would have no
+    spread (a zero-width CI, p = 0), which a finite sample does not justify. The rule of three bounds the
+    rate of examples on which the arms differ (95%: below 3 / outcomes), hence the accuracy difference."""
+    bound = 100 * 3 / outcomes
+    verdict = "supported" if bound < margin else "inconclusive"
+    return Part(name, estimate, -bound, bound, threshold, verdict,
+                f"the arms agree on all {outcomes:,} test outcomes; rule-of-three 95% bound on the difference +-{bound:.2f} pt")
 
 
 def ratio_part(name: str, column: str, peft: pd.DataFrame, full: pd.DataFrame, factor: float) -> Part:
