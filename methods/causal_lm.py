@@ -25,6 +25,8 @@ from tunebench.core.engine import TrainJob
 from tunebench.core.run_context import Result, RunContext
 from tunebench.datasets.generation import exact_match, final_answer, normalise_answer
 
+from .classifier import longest_first
+
 log = logging.getLogger("tunebench")
 IGNORE = -100  # label id the loss skips (transformers' convention)
 
@@ -99,8 +101,8 @@ class PromptCodec:
             ids[r, width - len(row):], mask[r, width - len(row):] = torch.tensor(row), 1
         return {"input_ids": ids, "attention_mask": mask}
 
-    def longest_first(self, lengths: list[int]) -> np.ndarray:
-        return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    def eval_order(self, data: EncodedLM) -> np.ndarray:
+        return longest_first(data.prompts)
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ def generate(net, codec: PromptCodec, data: EncodedLM, batch_size: int, max_new_
     """Greedy completions in the data's order, and the number of tokens generated."""
     net.eval()
     texts, produced = [""] * len(data), 0
-    order = codec.longest_first([len(p) for p in data.prompts])
+    order = codec.eval_order(data)
     eos = codec.tokenizer.eos_token_id
     for start in range(0, len(data), batch_size):
         indices = order[start:start + batch_size]
@@ -151,7 +153,7 @@ def target_logprobs(net, codec: PromptCodec, data: EncodedLM, batch_size: int,
     example) after its prompt, and the number of those tokens."""
     net.eval()
     sums, counts = np.zeros(len(data)), np.zeros(len(data), dtype=np.int64)
-    order = codec.longest_first([len(p) for p in data.prompts])
+    order = codec.eval_order(data)
     for start in range(0, len(data), batch_size):
         indices = order[start:start + batch_size]
         picked, mask = answer_logprobs(net, codec.train_batch(data, indices, [targets[0]] * len(indices) if targets else None))

@@ -46,6 +46,11 @@ class EncodedImages:
         return len(self.labels)
 
 
+def longest_first(sequences: list) -> np.ndarray:
+    """Indices of `sequences`, longest first (stable): evaluation batches that pad little."""
+    return np.argsort(-np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences)), kind="stable")
+
+
 class TextCodec:
     """Token ids per example, padded per batch (dynamic padding)."""
 
@@ -58,7 +63,7 @@ class TextCodec:
     def eval_order(self, data: Encoded) -> np.ndarray:
         """Longest first: evaluation batches of similar lengths pad little (half the evaluation time on
         Rotten Tomatoes at batch 128; logits change by ~1e-7, from the shorter matrix shapes)."""
-        return np.argsort(-np.fromiter(map(len, data.input_ids), dtype=np.int64, count=len(data)), kind="stable")
+        return longest_first(data.input_ids)
 
     def collate(self, data: Encoded, indices) -> dict:
         batch = self.tokenizer.pad({"input_ids": [data.input_ids[i] for i in indices]}, return_tensors="pt")
