@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from tunebench.core import distributed as dp
 from tunebench.core.engine import TrainJob
 from tunebench.core.run_context import Result, RunContext
 from tunebench.datasets.generation import exact_match, final_answer, normalise_answer
@@ -110,10 +111,10 @@ class PromptCodec:
 def generate(net, codec: PromptCodec, data: EncodedLM, batch_size: int, max_new_tokens: int) -> tuple[list[str], int]:
     """Greedy completions in the data's order, and the number of tokens generated."""
     net.eval()
-    texts, produced = [""] * len(data), 0
-    order = codec.eval_order(data)
+    texts, produced = np.full(len(data), "", dtype=object), 0
+    order = dp.eval_share(codec.eval_order(data))  # several ranks: each generates its share
     eos = codec.tokenizer.eos_token_id
-    for start in range(0, len(data), batch_size):
+    for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         batch = codec.prompt_batch(data, indices)
         tokens = net.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -122,7 +123,7 @@ def generate(net, codec: PromptCodec, data: EncodedLM, batch_size: int, max_new_
         produced += int(((new != codec.pad_id) & (new != eos)).sum()) + int((new == eos).any(-1).sum())
         for i, row in zip(indices, codec.tokenizer.batch_decode(new, skip_special_tokens=True)):
             texts[i] = row
-    return texts, produced
+    return list(dp.gather_values(texts, order)), sum(dp.gather_objects(produced))
 
 
 def answer_logprobs(net, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,13 +154,13 @@ def target_logprobs(net, codec: PromptCodec, data: EncodedLM, batch_size: int,
     example) after its prompt, and the number of those tokens."""
     net.eval()
     sums, counts = np.zeros(len(data)), np.zeros(len(data), dtype=np.int64)
-    order = codec.eval_order(data)
-    for start in range(0, len(data), batch_size):
+    order = dp.eval_share(codec.eval_order(data))
+    for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         picked, mask = answer_logprobs(net, codec.train_batch(data, indices, [targets[0]] * len(indices) if targets else None))
-        sums[indices] = picked.sum(-1).numpy()
-        counts[indices] = mask.sum(-1).numpy()
-    return sums, counts
+        sums[indices] = picked.sum(-1).cpu().numpy()
+        counts[indices] = mask.sum(-1).cpu().numpy()
+    return dp.gather_values(sums, order), dp.gather_values(counts, order)
 
 
 def constrained_choice(net, codec: PromptCodec, data: EncodedLM, classes: list[str], batch_size: int) -> np.ndarray:
@@ -185,6 +186,8 @@ def macro_f1_of_labels(predictions: list[str], targets: list[str], classes: list
 # -- training ----------------------------------------------------------------------------------------------
 class CausalLMJob(TrainJob):
     """Answer-only next-token loss; validation = exact match of greedy completions."""
+
+    distributed = True  # generation and scoring share the examples across ranks
 
     def __init__(self, name, net, codec, train, val, batches, optimizer, scheduler, eval_batch_size, max_new_tokens, answers):
         self.name, self.net, self.codec, self.train, self.val = name, net, codec, train, val

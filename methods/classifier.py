@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import f1_score
 from transformers import get_linear_schedule_with_warmup
 
+from tunebench.core import distributed as dp
 from tunebench.core.engine import TrainJob, TrainSettings, batch_order
 from tunebench.core.meter import CostMeter
 from tunebench.core.run_context import Result, RunContext
@@ -98,14 +99,14 @@ def make_codec(model, task):
 def predict(net, codec, data, batch_size: int) -> np.ndarray:
     """Predicted labels in the data's order; batches follow the codec's evaluation order."""
     net.eval()
-    order = codec.eval_order(data)
+    order = dp.eval_share(codec.eval_order(data))  # several ranks: each predicts its share, then all gather
     preds = np.zeros(len(data), dtype=np.int64)
-    for start in range(0, len(data), batch_size):
+    for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         batch = codec.collate(data, indices)
         batch.pop("labels")
-        preds[indices] = net(**batch).logits.argmax(-1).numpy()
-    return preds
+        preds[indices] = net(**batch).logits.argmax(-1).cpu().numpy()
+    return dp.gather_values(preds, order)
 
 
 def scores(preds: np.ndarray, labels: np.ndarray) -> dict:
@@ -133,6 +134,8 @@ def run_batches(n_train: int, train: TrainSettings, seed: int) -> list[np.ndarra
 
 class ClassifierJob(TrainJob):
     """Cross-entropy steps of a sequence / image classifier, scored on the validation split."""
+
+    distributed = True  # `predict` shares the examples across ranks
 
     def __init__(self, name: str, net, codec, train, val, batches, optimizer, scheduler, eval_batch_size: int):
         self.name, self.net, self.codec, self.train, self.val = name, net, codec, train, val

@@ -61,8 +61,9 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return out
 
 
-def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TUNEBENCH_RESULTS": str(Path(cwd) / "results"), "PYTHONUNBUFFERED": "1"}
+def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, env_extra: dict | None = None,
+                  **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(Path(cwd) / "results"), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([*TUNEBENCH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 

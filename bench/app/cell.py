@@ -24,7 +24,14 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def wanted(cfg: DictConfig) -> bool:
-    """True when this cell should run in a child process (see the module doc)."""
+    """True when this cell should run in a child process (see the module doc), or in several
+    (`train.processes` > 1 outside a multi-process launch: the children are torchrun's)."""
+    from tunebench.core import distributed as dp
+
+    if dp.is_launched():
+        return False  # this process is already one rank of the cell
+    if int(cfg.train.processes) > 1:
+        return True
     setting = str(cfg.cell_process).lower()
     if setting in ("true", "false"):
         return setting == "true"
@@ -39,20 +46,28 @@ def wanted(cfg: DictConfig) -> bool:
     return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER
 
 
+def child_command(config_file: str, log_file: Path, processes: int) -> list[str]:
+    """`python -m tunebench.app.cell ...`; with several processes, the same under torchrun (one machine)."""
+    cell = ["-m", "tunebench.app.cell", config_file, str(log_file)]
+    if processes <= 1:
+        return [sys.executable, *cell]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *cell]
+
+
 def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) -> str:
-    """Run the cell in `python -m tunebench.app.cell`; returns the status its record says.
+    """Run the cell in `python -m tunebench.app.cell` (under torchrun when `train.processes` > 1); returns
+    the status its record says.
 
     A child that dies without a record (killed, out of memory) gets a `failed` record that says so."""
     from hydra.core.hydra_config import HydraConfig
 
     from tunebench.core import record as rec
 
-    hydra_cfg = HydraConfig.get()
-    log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+    log_file = _log_file(HydraConfig.get() if HydraConfig.initialized() else None, run_id)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"cell-{run_id}-", delete=False) as f:
         f.write(OmegaConf.to_yaml(OmegaConf.create({k: cfg[k] for k in cfg if k != "hydra"}), resolve=True))
     try:
-        proc = subprocess.run([sys.executable, "-m", "tunebench.app.cell", f.name, str(log_file)], env=os.environ.copy())
+        proc = subprocess.run(child_command(f.name, log_file, int(cfg.train.processes)), env=os.environ.copy())
     finally:
         Path(f.name).unlink(missing_ok=True)
     for written in (record_path, rec.fallback_path(record_path)):  # the fallback: its folder refused the record
@@ -68,14 +83,27 @@ def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) 
     return "failed"
 
 
+def _log_file(hydra_cfg, run_id: str) -> Path:
+    if hydra_cfg is None:
+        return Path(tempfile.gettempdir()) / f"tunebench-cell-{run_id}.log"
+    return Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+
+
 def main(argv: list[str]) -> int:
+    from tunebench.core import distributed as dp
+
     config_file, log_file = argv
+    rank = dp.launch_rank()
+    if rank > 0:  # one log file per rank: <job>.rank1.log, ...
+        log_file = str(Path(log_file).with_suffix(f".rank{rank}.log"))
+    prefix = f"[rank {rank}]" if dp.is_launched() else ""
     handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(log_file)]
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", handlers=handlers)
+    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][%(name)s][%(levelname)s]{prefix} - %(message)s", handlers=handlers)
     from tunebench.app.runner import run_cell
 
-    run_cell(OmegaConf.load(config_file), in_child=True)
-    return 0
+    status = run_cell(OmegaConf.load(config_file), in_child=True)
+    # One rank of several that failed exits non-zero, so that torchrun stops the others at once.
+    return 1 if dp.is_launched() and status == "failed" else 0
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from tunebench.core import distributed as dp
 from tunebench.core import record as rec
 from tunebench.core.checkpoint import RunCheckpoint, checkpoint_every
 from tunebench.core.config_check import ConfigError, check_run_config
 from tunebench.core.engine import TrainSettings, lr_for
 from tunebench.core.loggers import LOGGERS
-from tunebench.core.meter import CostMeter
+from tunebench.core.meter import CostMeter, combine_ranks
 from tunebench.core.models import ModelFactory, prepare_packaged
 from tunebench.core.run_context import RunContext
 from tunebench.core.seeding import seed_everything
@@ -34,6 +35,8 @@ def semantic_config(cfg: DictConfig) -> dict:
 
 
 def _device(cfg) -> str:
+    if dp.current().device:  # one of several processes: its own device
+        return dp.current().device
     wanted = str(cfg.train.device)
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,16 +70,17 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
     method = method_for(cfg.method)  # unknown names fail before any work
     train = TrainSettings.from_config(cfg.train)
     seed_everything(int(cfg.seed))
-    task = load(cfg.data)
-    if not method_accepts(method, task.modality):
-        raise ValueError(f"method '{cfg.method.name}' fine-tunes {'/'.join(method.modalities)} tasks; "
-                         f"data={cfg.data.name} has modality '{task.modality}'")
-    record["cell"] = cell_of(cfg, task, chain_name(cfg.refine), train)  # before refining: a stopped or failed refinement still names its cell
-    _check_refinements_are_read(method, cfg)
-    task, init, record["refinements"] = apply_chain(task, cfg.refine, refine_ctx)
-    record["task"] = task.summary()
+    with dp.main_first():  # several processes: rank 0 fills the caches (data, refinements, conversions) first
+        task = load(cfg.data)
+        if not method_accepts(method, task.modality):
+            raise ValueError(f"method '{cfg.method.name}' fine-tunes {'/'.join(method.modalities)} tasks; "
+                             f"data={cfg.data.name} has modality '{task.modality}'")
+        record["cell"] = cell_of(cfg, task, chain_name(cfg.refine), train)  # before refining: a stopped or failed refinement still names its cell
+        _check_refinements_are_read(method, cfg)
+        task, init, record["refinements"] = apply_chain(task, cfg.refine, refine_ctx)
+        record["task"] = task.summary()
+        prepare_packaged(cfg.model, refine_ctx.cache_dir)  # a one-off conversion (SmolLM2) is not the run's cost
     device = _device(cfg)
-    prepare_packaged(cfg.model, refine_ctx.cache_dir)  # a one-off conversion (SmolLM2) is not the run's cost
     meter = CostMeter(device).start()
     try:
         model = build(cfg.model, task, init, cache_dir=refine_ctx.cache_dir)
@@ -93,11 +97,27 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
                          cache_dir=refine_ctx.cache_dir, checkpoint=checkpoint, log_metrics=log_metrics,
                          load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
         result = method.fit_evaluate(run)
+        if cfg.get("save_model") and dp.current().is_main:
+            record["saved_model"] = _save_model(method, model.net, Path(cfg.paths.models) / str(cfg.sweep) / record["run_id"])
         record["metrics"], record["curve"] = result.metrics, result.curve
         record["resumed_from_step"], record["engine"] = result.resumed_from_step, result.engine
     finally:
         meter.stop()
         record["cost"] = meter.summary()
+    if dp.current().active:  # every rank got here: one cost block (per-device peaks, device-seconds)
+        record["cost"] = combine_ranks(dp.gather_objects(record["cost"]))
+
+
+def _save_model(method, net, folder: Path) -> str:
+    """The trained network in the method's own saved form (save_pretrained: the adapter alone for peft)."""
+    save = getattr(method, "save", None)
+    if save is None:
+        raise ValueError(f"save_model=true: method={method.name} has no saved form (it is scored, not kept); "
+                         f"run it with save_model=false")
+    folder.mkdir(parents=True, exist_ok=True)
+    save(net, str(folder))
+    log.info("saved the trained network -> %s", folder)
+    return str(folder)
 
 
 def method_accepts(method, modality: str) -> bool:
@@ -148,12 +168,13 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     try:
         check_run_config(cfg)
     except ConfigError as e:  # before any work: one line and a failed record, the rest of a sweep goes on
-        rec.write_atomic(path, rec.failed_record(config, rid, str(cfg.sweep), "ConfigError", str(e)))
+        if dp.launch_rank() == 0:
+            rec.write_atomic(path, rec.failed_record(config, rid, str(cfg.sweep), "ConfigError", str(e)))
         log.error("run %s failed: invalid config: %s", rid, e)
         return "failed"
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    if in_child:
+    if in_child or dp.launch_rank() > 0:  # the parent / rank 0 holds the cell's lock
         return _run_here(cfg, config, rid, path)
     with rec.cell_lock(path.parent, rid) as mine:
         if not mine:
@@ -182,15 +203,35 @@ def _already_ok(cfg, path: Path, rid: str) -> bool:
 
 
 def _run_here(cfg, config: dict, rid: str, path: Path) -> str:
+    """Run the cell in this process (one of its ranks when several processes run it) and write its record."""
+    record = rec.new_record(config, rid, str(cfg.sweep))
+    try:
+        ranks_of_cell = dp.cell_ranks(str(cfg.train.distributed), str(cfg.train.device), float(cfg.train.dist_timeout_s))
+        ranks = ranks_of_cell.__enter__()
+    except Exception as e:  # no process group (a rank that never came, a bad train.distributed): a failed record
+        record.update(status="failed", error=rec.error_info(e), env=rec.environment("cpu"), resumed_from_step=0,
+                      finished_at=rec.now_iso())
+        log.error("run %s failed: %s: %s", rid, type(e).__name__, e)
+        rec.write_record(path, record)
+        return "failed"
+    try:
+        return _run_as(ranks, cfg, record, rid, path)
+    finally:
+        ranks_of_cell.__exit__(None, None, None)
+
+
+def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
     from tunebench.core.engine import Diverged
     from tunebench.datasets.refine import AwaitingLabels, RefineContext
 
-    record = rec.new_record(config, rid, str(cfg.sweep))
+    config = record["config"]
     record["env"] = rec.environment(_device(cfg))  # first, so that even an early failure names its job
-    logger = LOGGERS.get(str(cfg.logger.name))(cfg.logger, config, rid, str(cfg.sweep))
+    logger_name = str(cfg.logger.name) if ranks.is_main else "none"  # one logger per run: rank 0's
+    logger = LOGGERS.get(logger_name)(cfg.logger, config, rid, str(cfg.sweep))
     checkpoint = RunCheckpoint(Path(cfg.paths.checkpoints) / str(cfg.sweep) / rid / "train.pt", checkpoint_every(cfg))
     refine_ctx = RefineContext(seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache), architecture=ModelFactory(cfg.model))
-    log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
+    if ranks.is_main:
+        log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
     try:
         _execute(cfg, record, refine_ctx, checkpoint, logger.log)
         record["status"] = "ok"
@@ -202,16 +243,49 @@ def _run_here(cfg, config: dict, rid: str, path: Path) -> str:
         log.warning("run %s stopped: %s", rid, e)
     except Exception as e:
         record["status"], record["error"] = "failed", rec.error_info(e)
-        log.error("run %s failed: %s: %s", rid, type(e).__name__, e)  # the traceback is in the record
+        if ranks.active:
+            record["error"].update(rank=ranks.rank, ranks=ranks.world, message=_rank_message(ranks, cfg, e))
+        message = record["error"]["message"] if ranks.active else f"{type(e).__name__}: {e}"
+        log.error("run %s failed: %s", rid, message)  # the traceback is in the record
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             log.error("%s", record["error"]["traceback"])
     record.setdefault("resumed_from_step", 0)
     record["finished_at"] = rec.now_iso()
-    path = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named
-    checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)
+    if _writes_record(ranks, record, path):
+        path = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named
+        checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)
+        _log_outcome(record, path)
     logger.finish(record)
-    _log_outcome(record, path)
     return record["status"]
+
+
+def _rank_message(ranks: dp.Ranks, cfg, error: Exception) -> str:
+    """A rank's error, with its rank; a collective that timed out says what that means."""
+    text = f"rank {ranks.rank} of {ranks.world}: "
+    if "timed out" in str(error).lower() or "timeout" in type(error).__name__.lower():
+        text += (f"a collective waited longer than train.dist_timeout_s={cfg.train.dist_timeout_s} s: another rank "
+                 f"stopped answering (it died, hung, or is much slower). ")
+    return text + f"{type(error).__name__}: {error}"
+
+
+def _writes_record(ranks: dp.Ranks, record: dict, path: Path) -> bool:
+    """Rank 0 writes the record; a rank that failed writes its `failed` record itself (rank 0 may be
+    waiting on it, or be stopped by the launcher), unless another rank already recorded this run's
+    failure: the first failure is the cause, a collective timing out after it is not."""
+    if not ranks.active:
+        return True
+    if record["status"] != "failed":
+        return ranks.is_main
+    try:
+        existing = rec.read_record(path)
+    except (FileNotFoundError, ValueError):
+        return True
+    earlier = existing.get("status") == "failed" and str(existing.get("finished_at", "")) >= str(record["started_at"])
+    if earlier and (existing.get("error") or {}).get("rank") != ranks.rank:
+        log.info("run %s: rank %s recorded the failure first (%s); rank %d's own error was: %s", record["run_id"],
+                 existing["error"].get("rank"), existing["error"].get("message"), ranks.rank, record["error"]["message"])
+        return False
+    return True
 
 
 def _log_outcome(record: dict, path: Path) -> None:

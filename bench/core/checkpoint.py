@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -109,8 +110,17 @@ class PreemptionGuard:
     def requested(self) -> bool:
         return self._pending is not None
 
-    def hand_over(self) -> None:
-        """Run the launcher's handler now (it requeues the job and exits the process)."""
+    def hand_over(self, wait_s: float = 60.0) -> None:
+        """Run the launcher's handler now (it requeues the job and exits the process).
+
+        In a multi-task job another task may have got the signal first (all stop at the same step): this
+        one waits for its own copy, then hands over too; without one it exits for the requeue."""
+        deadline = time.monotonic() + wait_s
+        while self._pending is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._pending is None or self._previous is None:
+            log.warning("another task was preempted; this one exits for the requeue")
+            raise SystemExit(0)
         pending, self._pending = self._pending, None
         signal.signal(self._signal, self._previous)
         self._previous(*pending)

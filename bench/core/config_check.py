@@ -30,6 +30,7 @@ class RootKeys(_Open):
     seed: Annotated[int, Field(ge=0, strict=True)]  # strict: `seed=true` is not seed 1
     force: bool
     count_only: bool
+    save_model: bool = False
     threads: Annotated[int, Field(ge=1)] | None = None
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tunebench.core import distributed as dp
 from tunebench.core.checkpoint import PreemptionGuard, RunCheckpoint
 from tunebench.core.meter import CostMeter
 
@@ -59,6 +60,9 @@ class TrainSettings:
     grad_accum_steps: int
     grad_checkpointing: bool
     compile: Any
+    distributed: str
+    processes: int
+    dist_timeout_s: float
 
     @classmethod
     def from_config(cls, train=None) -> "TrainSettings":
@@ -99,7 +103,7 @@ def default_train_config() -> dict:
     return OmegaConf.to_container(config.train, resolve=True)
 
 
-_POSITIVE_INTS = ("epochs", "batch_size", "eval_batch_size", "evals", "grad_accum_steps")
+_POSITIVE_INTS = ("epochs", "batch_size", "eval_batch_size", "evals", "grad_accum_steps", "processes")
 
 
 def _checked(key: str, value):
@@ -117,7 +121,7 @@ def _checked(key: str, value):
         if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
             fail("null or a whole number >= 1")
         return int(value)
-    if key in ("grad_clip", "lr_scale"):
+    if key in ("grad_clip", "lr_scale", "dist_timeout_s"):
         if value is None and key == "grad_clip":
             return None
         try:
@@ -134,6 +138,10 @@ def _checked(key: str, value):
     if key == "precision":
         if value not in PRECISIONS:
             fail(" | ".join(PRECISIONS))
+        return value
+    if key == "distributed":
+        if value not in dp.MODES:
+            fail(" | ".join(dp.MODES))
         return value
     if key == "device":
         if not isinstance(value, str) or not (value in ("auto", "cpu") or value.startswith("cuda")):
@@ -250,6 +258,7 @@ class TrainJob:
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
     evaluates = True
+    distributed = False  # True: its evaluation shares the examples across ranks (tunebench.core.distributed)
 
     def batch(self, step: int) -> Sequence:
         """The items (example indices, tasks) of optimiser step `step` (1-based)."""
@@ -369,11 +378,24 @@ class Engine:
         self.steps_per_epoch = steps_per_epoch
         self.evals_at = eval_steps(self.steps, settings.evals) if job.evaluates and self.steps else set()
         self.device = device_type(job.net)
+        self.ranks = dp.current()
+        self._check_distributed()
         self.scaler = self._grad_scaler()
         self.step, self.running, self.seen = 0, 0.0, 0
         self.best = {"acc": None, "step": 0, "state": None}
         self.curve: list[dict] = []
         self.prepared = self._prepare_model()
+        self.parallel = dp.ParallelNet(job.net, self.ranks)  # after compile / checkpointing: DDP wraps the final module
+
+    def _check_distributed(self) -> None:
+        if not self.ranks.active:
+            return
+        if not self.job.distributed:
+            raise ValueError(f"train.distributed={self.ranks.mode} with {self.ranks.world} processes: {type(self.job).__name__} "
+                             f"has no multi-process path (its evaluation is not shared across ranks); run this "
+                             f"family in one process (train.processes=1, no torchrun)")
+        if self.ranks.mode == "fsdp":
+            raise ValueError("train.distributed=fsdp: FSDP is not available in this version; use train.distributed=ddp")
 
     def _grad_scaler(self):
         if self.settings.precision != "fp16":
@@ -382,12 +404,24 @@ class Engine:
 
     def _prepare_model(self) -> dict:
         out = dict(self.settings.describe())
+        if self.ranks.active:
+            out["distributed"] = self._describe_ranks()
         if self.settings.grad_checkpointing:
             out["grad_checkpointing_module"] = enable_gradient_checkpointing(self.job.net)
         backend = self.settings.compile_backend
         if backend:
             self.job.net.compile(backend=backend)
         return out
+
+    def _describe_ranks(self) -> dict:
+        """The record's account of the processes: global batch = micro-batch x ranks x accumulation steps."""
+        def whole(value: float):
+            return int(value) if float(value).is_integer() else round(value, 3)
+
+        per_rank = self.settings.batch_size / self.ranks.world
+        return {**self.ranks.describe(), "global_batch": self.settings.batch_size, "per_rank_batch": whole(per_rank),
+                "grad_accum_steps": self.settings.grad_accum_steps,
+                "micro_batch": whole(per_rank / self.settings.grad_accum_steps)}
 
     def autocast(self):
         return autocast(self.settings, self.device)
@@ -396,7 +430,7 @@ class Engine:
     def run(self) -> Outcome:
         resumed = self._resume()
         progress = tqdm(total=self.steps, initial=self.step, desc=f"train {self.job.name}", unit="step",
-                        mininterval=5, leave=False)
+                        mininterval=5, leave=False, disable=not self.ranks.is_main)
         with PreemptionGuard() as preemption:
             for step in range(self.step + 1, self.steps + 1):
                 for hook in self.hooks:
@@ -421,18 +455,31 @@ class Engine:
         return Outcome(self.best["acc"], self.best["step"], self.curve, resumed, self.steps)
 
     def _update(self, step: int) -> tuple[float, int]:
-        """One optimiser step over the step's micro-batches; returns the mean loss and the samples."""
+        """One optimiser step over the step's micro-batches; returns the mean loss and the samples.
+
+        With several ranks each takes its share of the global batch (`dp.shard`), its loss weighted so
+        that DDP's gradient average is the global batch's; the loss and samples reported are the global ones."""
         job = self.job
-        micros = job.micro_batches(job.batch(step), self.settings.grad_accum_steps)
-        total, samples = 0.0, 0
-        for micro in micros:
-            with self.autocast():
-                loss, n = job.loss(micro)
-            value = float(loss.detach())
-            self.guard.check(value, f"step {step}")
-            part = loss / len(micros) if len(micros) > 1 else loss
-            (self.scaler.scale(part) if self.scaler else part).backward()
-            total, samples = total + value, samples + n
+        dp.rehearse_fault(step)
+        items, weight = dp.shard(job.batch(step), self.ranks)
+        micros = job.micro_batches(items, self.settings.grad_accum_steps)
+        total, samples, loss_sum = 0.0, 0, 0.0
+        for i, micro in enumerate(micros):
+            with self.parallel.training(job, sync=i == len(micros) - 1):
+                with self.autocast():
+                    loss, n = job.loss(micro)
+                value = float(loss.detach())
+                if not self.ranks.active:  # several ranks: checked once on the global loss, on every rank alike
+                    self.guard.check(value, f"step {step}")
+                scale = weight * len(micro) / len(items)  # each micro-batch by its size: unequal splits make the same update
+                part = loss * scale if scale != 1.0 else loss
+                (self.scaler.scale(part) if self.scaler else part).backward()
+            n = n if weight else 0
+            total, samples, loss_sum = total + value, samples + n, loss_sum + value * n
+        mean = total / len(micros)
+        if self.ranks.active:
+            mean, samples = dp.global_mean(loss_sum, samples)
+            self.guard.check(mean, f"step {step}")
         if self.scaler:
             self.scaler.unscale_(job.optimizer)
         if self.settings.grad_clip:
@@ -446,7 +493,7 @@ class Engine:
             job.scheduler.step()
         job.after_update(step)
         job.optimizer.zero_grad(set_to_none=True)
-        return total / len(micros), samples
+        return mean, samples
 
     def _evaluate(self) -> None:
         with self.meter.phase("eval"), self.autocast():
@@ -462,12 +509,14 @@ class Engine:
             self.best = {"acc": val, "step": self.step, "state": state}
 
     # -- checkpoints ------------------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, rng: Any = None) -> dict:
+        """What a checkpoint holds; `rng`: the RNG states to keep (every rank's, in rank order, when several)."""
         return {
             "step": self.step, "running": self.running, "seen": self.seen, "best": self.best, "curve": list(self.curve),
             "job": self.job.checkpoint_state(), "optimizer": self.job.optimizer.state_dict(),
             "scheduler": self.job.scheduler.state_dict() if self.job.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng_state(), "n_steps": self.steps,
+            "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng if rng is not None else rng_state(),
+            "n_steps": self.steps,
             "meter": {"train": self.meter.times["train"], "eval": self.meter.times["eval"], "samples": self.meter.train_samples},
         }
 
@@ -485,7 +534,7 @@ class Engine:
             self.job.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(self._own_rng(state["rng"]))
         self.step, self.running, self.seen, self.best = state["step"], state["running"], state["seen"], state["best"]
         self.curve = list(state["curve"])
         self.meter.times["train"] += state["meter"]["train"]
@@ -494,11 +543,27 @@ class Engine:
         log.info("resuming from step %d/%d (%s)", self.step, self.steps, self.checkpoint.path)
         return self.step
 
+    def _own_rng(self, saved):
+        """This rank's RNG state from a checkpoint (a list of every rank's when several ranks saved it)."""
+        if not isinstance(saved, list):
+            return saved
+        if len(saved) != self.ranks.world:
+            raise ValueError(f"checkpoint {self.checkpoint.path} was written by {len(saved)} processes, this run has "
+                             f"{self.ranks.world}; resume with the same number, or delete it to start over")
+        return saved[self.ranks.rank]
+
     def _after_step_checkpoint(self, preemption: PreemptionGuard) -> None:
         if self.checkpoint is None:
             return
-        if preemption.requested:
-            self.checkpoint.save(self.state())
+        if dp.broadcast_flag(preemption.requested):  # a signal that reached one rank stops them all at this step
+            self._save_checkpoint()
             preemption.hand_over()  # submitit requeues the job and exits this process
         elif self.checkpoint.due(self.step, self.step in self.evals_at) and self.step < self.steps:
-            self.checkpoint.save(self.state())
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint (DDP replicas are identical) with every rank's RNG state."""
+        rngs = dp.gather_objects(rng_state())
+        if self.ranks.is_main:
+            self.checkpoint.save(self.state(rng=rngs if self.ranks.active else rngs[0]))
+        dp.barrier()  # nobody runs ahead of a checkpoint that is still being written

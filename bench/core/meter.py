@@ -231,3 +231,27 @@ class CostMeter:
             out["peak_memory_bytes"] = self._peak_bytes
             out["peak_memory_mb"] = round(self._peak_bytes / 2**20, 2)
         return out
+
+
+def combine_ranks(summaries: list[dict]) -> dict:
+    """One cost block for a run of several processes (one device each), from every rank's `summary()`.
+
+    Per-device numbers stay comparable with one-process runs: peak memory and training-state bytes are the
+    largest rank's (with the sum beside them), times are the slowest rank's; `device_seconds` is the
+    training time summed over devices. Train samples are the global count (every rank records it)."""
+    if len(summaries) == 1:
+        return summaries[0]
+    out = dict(summaries[0])
+    out["ranks"] = out["devices"] = len(summaries)
+    for key in ("train_seconds", "eval_seconds"):
+        out[key] = max(s.get(key) or 0.0 for s in summaries)
+    out["device_seconds"] = round(sum(s.get("train_seconds") or 0.0 for s in summaries), 3)
+    out["samples_per_second"] = round(out["train_samples"] / out["train_seconds"], 3) if out["train_seconds"] else None
+    for key in ("peak_memory_bytes", "training_state_bytes"):
+        values = [s[key] for s in summaries if s.get(key) is not None]
+        if values:
+            out[key], out[f"{key}_sum"] = max(values), sum(values)
+            out[f"{key}_per_rank"] = values
+    if "peak_memory_bytes" in out:
+        out["peak_memory_mb"] = round(out["peak_memory_bytes"] / 2**20, 2)
+    return out

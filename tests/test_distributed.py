@@ -1,0 +1,168 @@
+"""Multi-process training (bench/core/distributed.py) on this CPU: 2 processes, gloo, started by torchrun
+through `train.processes=2`, the same code path as torchrun / SLURM tasks on a GPU cluster."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import run_tunebench
+from tunebench.core import distributed as dp
+from tunebench.core.engine import Engine, TrainJob, TrainSettings
+from tunebench.core.meter import CostMeter, combine_ranks
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_no_dropout(tmp_path_factory) -> Path:
+    """A 2-layer random BERT without dropout: with dropout, one process and two draw different masks."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tunebench.core.models import resolve_source
+
+    out = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm")[0], local_files_only=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _args(model_dir: Path, *extra: str) -> list[str]:
+    return ["run", "logger=none", "model=hf", f"model.name={model_dir}", "data.train_size=64", "data.validation_size=32",
+            "data.test_size=64", "train.batch_size=16", "train.evals=2", "save_model=true", *extra]
+
+
+def _records(root: Path, sweep: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "results" / "runs" / sweep).glob("*.json"))]
+
+
+def _weights(root: Path, sweep: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    (folder,) = (root / "results" / "models" / sweep).iterdir()
+    (file,) = [p for p in folder.glob("*.safetensors")]
+    return load_file(str(file))
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    moved = max(float(a[k].abs().max()) for k in a)
+    assert moved > 0.01  # the comparison is of trained weights, not of zeros
+    assert worst < 1e-5, f"largest difference between 1 and 2 processes: {worst}"
+
+
+@pytest.mark.parametrize("method", [["method=lora", "method.peft.lora_dropout=0"], ["method=full", "method.lr=1e-3"]],
+                         ids=["lora", "full"])
+def test_two_process_ddp_trains_the_same_weights_as_one_process(tmp_path, tiny_bert_no_dropout, method):
+    one = run_tunebench(_args(tiny_bert_no_dropout, *method, "sweep=one"), tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_tunebench(_args(tiny_bert_no_dropout, *method, "sweep=two", "train.processes=2"), tmp_path)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    _assert_same_weights(_weights(tmp_path, "one"), _weights(tmp_path, "two"))
+    (single,), (record,) = _records(tmp_path, "one"), _records(tmp_path, "two")  # rank 0 alone wrote a record
+    assert record["status"] == "ok"
+    assert record["metrics"]["test_correct"] == single["metrics"]["test_correct"]  # evaluation gathered in data order
+    assert record["metrics"]["best_val_acc"] == single["metrics"]["best_val_acc"]
+    assert record["engine"]["distributed"] == {"mode": "ddp", "ranks": 2, "backend": "gloo", "launcher": "torchrun",
+                                               "global_batch": 16, "per_rank_batch": 8, "grad_accum_steps": 1,
+                                               "micro_batch": 8}
+    cost = record["cost"]
+    assert cost["ranks"] == cost["devices"] == 2 and len(cost["peak_memory_bytes_per_rank"]) == 2
+    assert cost["peak_memory_bytes"] == max(cost["peak_memory_bytes_per_rank"])
+    assert cost["train_samples"] == single["cost"]["train_samples"] == 64  # the global count, not a rank's
+    assert cost["training_state_bytes"] == single["cost"]["training_state_bytes"]  # DDP: a full replica per device
+
+
+def test_an_uneven_global_batch_with_accumulation_makes_the_same_update_on_two_processes(tmp_path, tiny_bert_no_dropout):
+    """61 examples in batches of 15: the last batch has one example, so rank 1 has none (it joins the
+    all-reduce at weight 0); 2 accumulation steps split 15 into unequal micro-batches."""
+    common = ["method=lora", "method.peft.lora_dropout=0", "data.train_size=61", "train.batch_size=15",
+              "train.grad_accum_steps=2", "train.evals=1"]
+    assert run_tunebench(_args(tiny_bert_no_dropout, *common, "sweep=one"), tmp_path).returncode == 0
+    two = run_tunebench(_args(tiny_bert_no_dropout, *common, "sweep=two", "train.processes=2"), tmp_path)
+    assert two.returncode == 0, two.stdout[-3000:]
+    _assert_same_weights(_weights(tmp_path, "one"), _weights(tmp_path, "two"))
+    (record,) = _records(tmp_path, "two")
+    assert record["metrics"]["steps"] == 5 and record["cost"]["train_samples"] == 61
+    assert record["engine"]["distributed"]["per_rank_batch"] == 7.5
+
+
+def test_a_rank_that_raises_fails_its_cell_with_one_record_and_the_sweep_goes_on(tmp_path, tiny_bert_no_dropout):
+    """Rank 1 raises at step 3: that cell (4 steps) ends as one `failed` record naming rank 1 and its
+    error; the next cell of the sweep (2 steps, never reaches step 3) runs and is ok."""
+    run, *args = _args(tiny_bert_no_dropout, "method=lora", "train.processes=2", "train.max_steps=4,2", "train.evals=1",
+                       "sweep=faults")
+    result = run_tunebench([run, "-m", *args], tmp_path, timeout=600, env_extra={dp.FAULT_ENV: "rank=1,step=3"})
+    assert result.returncode == 1, result.stdout[-3000:]  # a sweep with a failed cell says so in its exit code
+    records = {r["config"]["train"]["max_steps"]: r for r in _records(tmp_path, "faults")}
+    assert set(records) == {4, 2}
+    failed, ok = records[4], records[2]
+    assert failed["status"] == "failed" and ok["status"] == "ok"
+    assert failed["error"]["rank"] == 1 and failed["error"]["ranks"] == 2
+    assert "rank 1 of 2" in failed["error"]["message"] and "rehearsed fault" in failed["error"]["message"]
+    assert "2 cells: 1 ok, 1 failed" in result.stdout
+
+
+def test_a_rank_that_hangs_makes_the_other_fail_on_the_collective_timeout(tmp_path, tiny_bert_no_dropout):
+    result = run_tunebench(_args(tiny_bert_no_dropout, "method=lora", "train.processes=2", "train.dist_timeout_s=5",
+                                 "sweep=hang"), tmp_path, timeout=300, env_extra={dp.FAULT_ENV: "rank=1,step=2,kind=hang"})
+    assert result.returncode == 1
+    (record,) = _records(tmp_path, "hang")
+    assert record["status"] == "failed" and record["error"]["rank"] == 0
+    assert "train.dist_timeout_s=5" in record["error"]["message"] and "another rank stopped answering" in record["error"]["message"]
+
+
+# -- the pieces ---------------------------------------------------------------------------------------------
+def test_shard_gives_each_rank_a_strided_share_weighted_to_the_global_mean():
+    items = np.arange(15)
+    shares = [dp.shard(items, dp.Ranks(rank=r, world=2, mode="ddp")) for r in (0, 1)]
+    assert shares[0][0].tolist() == [0, 2, 4, 6, 8, 10, 12, 14] and shares[1][0].tolist() == [1, 3, 5, 7, 9, 11, 13]
+    assert shares[0][1] == pytest.approx(16 / 15) and shares[1][1] == pytest.approx(14 / 15)
+    # the weighted mean of the two shares' means is the global mean
+    values = np.random.default_rng(0).normal(size=15)
+    mean = sum(values[s].mean() * w for s, w in shares) / 2
+    assert mean == pytest.approx(values.mean())
+    lone, weight = dp.shard(np.arange(1), dp.Ranks(rank=1, world=2, mode="ddp"))
+    assert lone.tolist() == [0] and weight == 0.0  # takes part in the all-reduce, adds nothing
+    assert dp.shard(items, dp.SINGLE) == (items, 1.0)
+
+
+def test_mode_resolution_and_settings_name_what_is_wrong():
+    assert dp.resolve_mode("auto", 1) == "none" and dp.resolve_mode("auto", 4) == "ddp"
+    assert dp.resolve_mode("fsdp", 2) == "fsdp"
+    with pytest.raises(ValueError, match="train.distributed=none, but this cell was started as 2 processes"):
+        dp.resolve_mode("none", 2)
+    with pytest.raises(ValueError, match=r"train.distributed='zero': expected auto \| none \| ddp \| fsdp"):
+        TrainSettings.from_config({"distributed": "zero"})
+    with pytest.raises(ValueError, match=r"train.processes=0: expected a whole number >= 1"):
+        TrainSettings.from_config({"processes": 0})
+
+
+def test_a_family_without_a_multi_process_path_is_refused(monkeypatch):
+    class Plain(TrainJob):  # e.g. few-shot: no shared evaluation
+        net = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    monkeypatch.setattr(dp, "_current", dp.Ranks(rank=0, world=2, mode="ddp", backend="gloo"))
+    with pytest.raises(ValueError, match="Plain has no multi-process path"):
+        Engine(Plain(), 3, TrainSettings.from_config({}), CostMeter())
+
+
+def test_costs_of_ranks_combine_into_per_device_numbers():
+    ranks = [{"train_seconds": 10.0, "eval_seconds": 2.0, "train_samples": 64, "peak_memory_bytes": 100 * 2**20,
+              "training_state_bytes": 40},
+             {"train_seconds": 12.0, "eval_seconds": 1.0, "train_samples": 64, "peak_memory_bytes": 80 * 2**20,
+              "training_state_bytes": 40}]
+    out = combine_ranks(ranks)
+    assert out["ranks"] == 2 and out["train_seconds"] == 12.0 and out["device_seconds"] == 22.0
+    assert out["peak_memory_mb"] == 100.0 and out["peak_memory_bytes_sum"] == 180 * 2**20
+    assert out["training_state_bytes"] == 40 and out["training_state_bytes_sum"] == 80
+    assert out["samples_per_second"] == pytest.approx(64 / 12, abs=1e-3)
+    assert combine_ranks(ranks[:1]) == ranks[0]
