@@ -111,19 +111,21 @@ class PromptCodec:
 def generate(net, codec: PromptCodec, data: EncodedLM, batch_size: int, max_new_tokens: int) -> tuple[list[str], int]:
     """Greedy completions in the data's order, and the number of tokens generated."""
     net.eval()
-    texts, produced = np.full(len(data), "", dtype=object), 0
+    texts, produced = np.full(len(data), "", dtype=object), np.zeros(len(data), dtype=np.int64)
     order = dp.eval_share(codec.eval_order(data))  # several ranks: each generates its share
     eos = codec.tokenizer.eos_token_id
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
-        batch = codec.prompt_batch(data, indices)
-        tokens = net.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=codec.pad_id, eos_token_id=eos)
-        new = tokens[:, batch["input_ids"].shape[1]:]
-        produced += int(((new != codec.pad_id) & (new != eos)).sum()) + int((new == eos).any(-1).sum())
-        for i, row in zip(indices, codec.tokenizer.batch_decode(new, skip_special_tokens=True)):
-            texts[i] = row
-    return list(dp.gather_values(texts, order)), sum(dp.gather_objects(produced))
+    with dp.unsharded_root(net):  # FSDP: `generate` is not the root's forward, whose hook would gather its weights
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            batch = codec.prompt_batch(data, indices)
+            tokens = net.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=codec.pad_id, eos_token_id=eos,
+                                  synced_gpus=dp.current().mode == "fsdp")  # FSDP: every rank runs every decoding step
+            new = tokens[:, batch["input_ids"].shape[1]:]
+            produced[indices] = (((new != codec.pad_id) & (new != eos)).sum(-1) + (new == eos).any(-1)).cpu().numpy()
+            for i, row in zip(indices, codec.tokenizer.batch_decode(new, skip_special_tokens=True)):
+                texts[i] = row
+    return list(dp.gather_values(texts, order)), int(dp.gather_values(produced, order).sum())  # per example: a repeated one counts once
 
 
 def answer_logprobs(net, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +201,10 @@ class CausalLMJob(TrainJob):
 
     def loss(self, micro):
         return answer_loss(self.net, self.codec.train_batch(self.train, micro)), len(micro)
+
+    def loss_units(self, items) -> float:
+        """The loss is a mean over answer tokens: micro-batches and ranks are weighted by theirs."""
+        return float(sum(len(self.train.targets[i]) for i in items))
 
     def evaluate(self) -> dict:
         predictions, _ = generate(self.net, self.codec, self.val, self.eval_batch_size, self.max_new_tokens)

@@ -171,8 +171,9 @@ class SequenceClassifierMethod:
     def before_training(self, net, steps: int) -> None:
         """Once the step count is known (AdaLoRA's schedule needs it)."""
 
-    def save(self, net, out_dir: str) -> None:
-        net.save_pretrained(out_dir)
+    def save(self, net, out_dir: str, state_dict: dict | None = None) -> None:
+        """save_pretrained (peft: the adapter alone); `state_dict`: the gathered weights of an FSDP network."""
+        net.save_pretrained(out_dir, **({"state_dict": state_dict} if state_dict is not None else {}))
 
     def fit_evaluate(self, run: RunContext) -> Result:
         if run.task.modality == "generation":
@@ -202,9 +203,12 @@ class SequenceClassifierMethod:
         return Result(result, outcome.curve, outcome.resumed_from_step, engine.prepared)
 
     def _measure_saved(self, net, meter: CostMeter) -> None:
+        state = dp.full_state_dict(net)  # FSDP: gathered (every rank takes part); rank 0 measures
+        if not dp.current().is_main:
+            return
         out = tempfile.mkdtemp(prefix="tunebench-save-")
         try:
-            self.save(net, out)
+            self.save(net, out, state)
             meter.count_saved(out)
         finally:
             shutil.rmtree(out, ignore_errors=True)

@@ -90,6 +90,7 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
         meter.count_params(model.net, model.head_prefixes)
         if cfg.count_only:
             return
+        model.net = dp.shard_model(model.net)  # FSDP: sharded before the family builds its optimiser
         if _on_meta_device(model.net):
             raise ValueError(f"model={cfg.model.name} is a published configuration without weights: it can count "
                              f"parameters (count_only=true) but not train; use model=hf model.name=<hub name or folder>")
@@ -97,8 +98,9 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
                          cache_dir=refine_ctx.cache_dir, checkpoint=checkpoint, log_metrics=log_metrics,
                          load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
         result = method.fit_evaluate(run)
-        if cfg.get("save_model") and dp.current().is_main:
-            record["saved_model"] = _save_model(method, model.net, Path(cfg.paths.models) / str(cfg.sweep) / record["run_id"])
+        if cfg.get("save_model"):
+            saved = _save_model(method, model.net, Path(cfg.paths.models) / str(cfg.sweep) / record["run_id"])
+            record["saved_model"] = saved
         record["metrics"], record["curve"] = result.metrics, result.curve
         record["resumed_from_step"], record["engine"] = result.resumed_from_step, result.engine
     finally:
@@ -114,8 +116,11 @@ def _save_model(method, net, folder: Path) -> str:
     if save is None:
         raise ValueError(f"save_model=true: method={method.name} has no saved form (it is scored, not kept); "
                          f"run it with save_model=false")
+    state = dp.full_state_dict(net)  # FSDP: gathered from every rank (all take part), saved by rank 0
+    if not dp.current().is_main:
+        return str(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save(net, str(folder))
+    save(net, str(folder), state)
     log.info("saved the trained network -> %s", folder)
     return str(folder)
 
@@ -245,6 +250,9 @@ def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
         record["status"], record["error"] = "failed", rec.error_info(e)
         if ranks.active:
             record["error"].update(rank=ranks.rank, ranks=ranks.world, message=_rank_message(ranks, cfg, e))
+            if dp.lost_peer(e):  # another rank died (a node, an OOM kill): its work so far is not at fault
+                record["error"]["checkpoint_kept"] = True
+                record["error"]["message"] += "; the cell's checkpoint (if any) is kept: running the cell again resumes from it"
         message = record["error"]["message"] if ranks.active else f"{type(e).__name__}: {e}"
         log.error("run %s failed: %s", rid, message)  # the traceback is in the record
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -253,7 +261,8 @@ def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
     record["finished_at"] = rec.now_iso()
     if _writes_record(ranks, record, path):
         path = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named
-        checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)
+        if not (record.get("error") or {}).get("checkpoint_kept"):
+            checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)
         _log_outcome(record, path)
     logger.finish(record)
     return record["status"]
@@ -262,7 +271,7 @@ def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
 def _rank_message(ranks: dp.Ranks, cfg, error: Exception) -> str:
     """A rank's error, with its rank; a collective that timed out says what that means."""
     text = f"rank {ranks.rank} of {ranks.world}: "
-    if "timed out" in str(error).lower() or "timeout" in type(error).__name__.lower():
+    if "timed out" in str(error).lower():
         text += (f"a collective waited longer than train.dist_timeout_s={cfg.train.dist_timeout_s} s: another rank "
                  f"stopped answering (it died, hung, or is much slower). ")
     return text + f"{type(error).__name__}: {error}"

@@ -46,6 +46,39 @@ class RunCheckpoint:
         os.replace(tmp, self.path)
         log.info("checkpoint at step %d -> %s", state.get("step", -1), self.path)
 
+    @property
+    def sharded_dir(self) -> Path:
+        """Where the sharded tensors of an FSDP run go (torch.distributed.checkpoint: one file per rank)."""
+        return self.path.with_name(self.path.name + ".dcp")
+
+    def save_sharded(self, tensors: dict, rest: dict, rank: int, barrier) -> None:
+        """An FSDP checkpoint: every rank writes its shards (torch.distributed.checkpoint) into a temporary folder,
+        rank 0 then puts the folder in place and writes `rest` (the plain state) last, atomically: a plain
+        file that exists always belongs to a complete sharded folder."""
+        import shutil
+
+        import torch.distributed.checkpoint as dcp
+
+        tmp = self.sharded_dir.with_name(f".{self.sharded_dir.name}.tmp")
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        dcp.save(tensors, checkpoint_id=str(tmp))
+        barrier()
+        if rank == 0:
+            self.path.unlink(missing_ok=True)  # the old plain file names the old folder: gone first
+            shutil.rmtree(self.sharded_dir, ignore_errors=True)
+            os.replace(tmp, self.sharded_dir)
+            self.save({**rest, "sharded": True})
+        barrier()
+
+    def load_sharded(self, destination: dict) -> None:
+        """Fill `destination` (tensors shaped and sharded like this run's) from the sharded folder."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.load(destination, checkpoint_id=str(self.sharded_dir))
+
     def load(self) -> dict | None:
         if not self.path.exists():
             return None
@@ -58,7 +91,11 @@ class RunCheckpoint:
 
     def clear(self) -> None:
         """Remove the checkpoint, temp files of saves a kill interrupted, and the folders left empty."""
+        import shutil
+
         self.path.unlink(missing_ok=True)
+        for folder in (self.sharded_dir, self.sharded_dir.with_name(f".{self.sharded_dir.name}.tmp")):
+            shutil.rmtree(folder, ignore_errors=True)
         for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             tmp.unlink(missing_ok=True)
         for folder in (self.path.parent, self.path.parent.parent):  # <sweep>/<run_id>/, then <sweep>/

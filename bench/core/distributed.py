@@ -11,8 +11,9 @@ rank that dies cannot leave the others waiting forever.
 The split of the work (what a rank does), kept here so the engine and the families only ask:
   - training: `train.batch_size` stays the *global* batch, drawn from the run seed exactly as in one
     process; rank r takes the items r, r + W, r + 2W, ... of it (`DistributedSampler`'s rule, without its
-    padding, which would count some examples twice); the loss is weighted so that DDP's mean over ranks
-    is the mean over the global batch, so W processes make the same update as one;
+    padding, which would count some examples twice); each micro-batch's mean loss is weighted by its share
+    of the global batch's loss units (examples; answer tokens for a causal LM), times W, so that DDP's
+    mean over ranks is the global batch's mean loss: W processes make the same update as one;
   - evaluation: each rank predicts a strided share of the examples and the predictions are gathered,
     so every rank holds the same scores (best-validation selection stays in step);
   - writing: only rank 0 writes the record, the checkpoint and the logger; a rank that fails writes the
@@ -159,19 +160,18 @@ def cell_ranks(wanted_mode: str, wanted_device: str, timeout_s: float):
 
 
 # -- training: the global batch, shared out --------------------------------------------------------------
-def shard(items, ranks: Ranks | None = None):
-    """Rank r's share of a global batch: items r, r + W, ... (DistributedSampler's rule, no padding), and the
-    weight of its mean loss, len(share) * W / len(items), so that DDP's average over ranks is the global mean.
-
-    A rank with no item (a last batch smaller than the world) gets one item at weight 0: it still takes
-    part in the gradient all-reduce, which every rank must."""
+def shard(items, ranks: Ranks | None = None) -> tuple:
+    """Rank r's share of a global batch, items r, r + W, ... (DistributedSampler's rule, without its padding),
+    and whether the share counts. A rank with no item (a last batch smaller than the world) gets one item
+    that does not count (the engine weights its loss 0): it still takes part in the gradient all-reduce,
+    which every rank must."""
     ranks = ranks or current()
     if not ranks.active:
-        return items, 1.0
+        return items, True
     mine = items[ranks.rank::ranks.world]
     if len(mine) == 0:
-        return items[:1], 0.0
-    return mine, len(mine) * ranks.world / len(items)
+        return items[:1], False
+    return mine, True
 
 
 def global_mean(loss_sum: float, samples: int) -> tuple[float, int]:
@@ -187,10 +187,18 @@ def global_mean(loss_sum: float, samples: int) -> tuple[float, int]:
 
 # -- evaluation: a share of the examples each, gathered ---------------------------------------------------
 def eval_share(order: np.ndarray) -> np.ndarray:
-    """The evaluation indices this rank predicts (a strided share of `order`, which keeps the
-    longest-first batches of similar lengths on every rank)."""
+    """The evaluation indices this rank predicts: a strided share of `order` (which keeps the longest-first
+    batches of similar lengths on every rank), every share equally long (a short one repeats its last
+    index) so that all ranks run the same number of batches: under FSDP each forward is a collective."""
     ranks = current()
-    return order[ranks.rank::ranks.world] if ranks.active else order
+    if not ranks.active:
+        return order
+    share = order[ranks.rank::ranks.world]
+    length = -(-len(order) // ranks.world)
+    if len(share) < length:
+        filler = share[-1:] if len(share) else order[:1]
+        share = np.concatenate([share, np.repeat(filler, length - len(share))])
+    return share
 
 
 def gather_values(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -229,6 +237,75 @@ def broadcast_flag(flag: bool) -> bool:
 def barrier() -> None:
     if current().active:
         dist.barrier()
+
+
+# -- FSDP: the network sharded across ranks ---------------------------------------------------------------
+def block_classes(net: torch.nn.Module) -> set[str]:
+    """The model's transformer-block classes (transformers' `_no_split_modules`): the FSDP units."""
+    names: set[str] = set()
+    for module in net.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def shard_model(net: torch.nn.Module) -> torch.nn.Module:
+    """FSDP (torch's fully_shard): each transformer block, then the rest, sharded across the ranks, in place.
+
+    Done before the family builds its optimiser (which must see the sharded parameters). Other modes:
+    the network as it is (DDP wraps it in the engine)."""
+    ranks = current()
+    if ranks.mode != "fsdp":
+        return net
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = block_classes(net)
+    if not blocks:
+        raise ValueError(f"train.distributed=fsdp: {type(net).__name__} names no transformer blocks to shard "
+                         f"(transformers' _no_split_modules); use train.distributed=ddp for this model")
+    units = [m for m in net.modules() if type(m).__name__ in blocks]
+    for unit in units:
+        fully_shard(unit)
+    fully_shard(net)
+    log.info("FSDP: %d blocks (%s) sharded over %d ranks", len(units), ", ".join(sorted(blocks)), ranks.world)
+    return net
+
+
+@contextlib.contextmanager
+def unsharded_root(net: torch.nn.Module):
+    """The FSDP root's own weights (embeddings, output head) gathered for the block: a call that is not the
+    root's forward (`generate`) does not run the hook that would gather them. The blocks' own forward
+    hooks still gather and free theirs. Anything else: nothing to do."""
+    unshard = getattr(net, "unshard", None)
+    if current().mode != "fsdp" or not callable(unshard):
+        yield
+        return
+    unshard()
+    try:
+        yield
+    finally:
+        net.reshard()
+
+
+def is_sharded(net: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in net.parameters())
+
+
+def full_state_dict(net: torch.nn.Module) -> dict | None:
+    """The whole (unsharded) state on rank 0's CPU, gathered from an FSDP network (every rank must call);
+    None for a network that is not sharded."""
+    if not is_sharded(net):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) tensor; the tensor itself otherwise."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 # -- the network a rank trains ----------------------------------------------------------------------------
@@ -290,12 +367,25 @@ def _slow_group():
     return _slow[key]
 
 
+PEER_LOST = ("connection reset by peer", "connection closed by peer", "timed out", "broken pipe")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """True for an error that says another rank went away (its connection dropped, a collective timed out):
+    the cause is that rank's, not this one's."""
+    if isinstance(error, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(sign in text for sign in PEER_LOST)
+
+
 # -- rehearsing a failure ---------------------------------------------------------------------------------
 FAULT_ENV = "TUNEBENCH_FAULT"
 
 
 def rehearse_fault(step: int) -> None:
-    """`TUNEBENCH_FAULT=rank=1,step=3[,kind=raise|hang]`: that rank raises (or stops answering) at that step.
+    """`TUNEBENCH_FAULT=rank=1,step=3[,kind=raise|hang|kill]`: at that step that rank raises, stops answering,
+    or dies at once (as a process killed by the system: no record, the checkpoint stays).
 
     For rehearsing what a cluster job does when one process dies or hangs (the cell must end as one
     `failed` record, the other ranks must not wait forever); unset, it costs one dictionary lookup."""
@@ -306,9 +396,13 @@ def rehearse_fault(step: int) -> None:
         fields = dict(part.split("=", 1) for part in spec.split(","))
         rank, at, kind = int(fields.get("rank", 0)), int(fields.get("step", 1)), fields.get("kind", "raise")
     except ValueError:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected rank=<r>,step=<s>[,kind=raise|hang]") from None
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected rank=<r>,step=<s>[,kind=raise|hang|kill]") from None
     if rank != current().rank or at != step:
         return
+    if kind == "kill":
+        log.warning("%s: rank %d dies at step %d", FAULT_ENV, rank, step)
+        logging.shutdown()
+        os._exit(137)
     if kind == "hang":
         log.warning("%s: rank %d stops answering at step %d", FAULT_ENV, rank, step)
         time.sleep(float(fields.get("seconds", 3600)))

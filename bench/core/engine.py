@@ -276,6 +276,10 @@ class TrainJob:
         """Mean loss of a micro-batch and its number of training samples."""
         raise NotImplementedError
 
+    def loss_units(self, items) -> float:
+        """What `loss` averages over, counted for `items` (default: the items; a token-mean loss: tokens)."""
+        return len(items)
+
     def train_mode(self) -> None:
         train_mode(self.net)
 
@@ -394,8 +398,6 @@ class Engine:
             raise ValueError(f"train.distributed={self.ranks.mode} with {self.ranks.world} processes: {type(self.job).__name__} "
                              f"has no multi-process path (its evaluation is not shared across ranks); run this "
                              f"family in one process (train.processes=1, no torchrun)")
-        if self.ranks.mode == "fsdp":
-            raise ValueError("train.distributed=fsdp: FSDP is not available in this version; use train.distributed=ddp")
 
     def _grad_scaler(self):
         if self.settings.precision != "fp16":
@@ -461,7 +463,9 @@ class Engine:
         that DDP's gradient average is the global batch's; the loss and samples reported are the global ones."""
         job = self.job
         dp.rehearse_fault(step)
-        items, weight = dp.shard(job.batch(step), self.ranks)
+        batch = job.batch(step)
+        items, counts = dp.shard(batch, self.ranks)
+        units = job.loss_units(batch)  # of the global batch: every rank knows it
         micros = job.micro_batches(items, self.settings.grad_accum_steps)
         total, samples, loss_sum = 0.0, 0, 0.0
         for i, micro in enumerate(micros):
@@ -471,10 +475,12 @@ class Engine:
                 value = float(loss.detach())
                 if not self.ranks.active:  # several ranks: checked once on the global loss, on every rank alike
                     self.guard.check(value, f"step {step}")
-                scale = weight * len(micro) / len(items)  # each micro-batch by its size: unequal splits make the same update
+                # Each micro-batch's mean by its share of the global batch's loss units (x ranks: DDP averages them),
+                # so unequal splits and several ranks make the update of one process on the whole batch.
+                scale = job.loss_units(micro) * self.ranks.world / units if counts else 0.0
                 part = loss * scale if scale != 1.0 else loss
                 (self.scaler.scale(part) if self.scaler else part).backward()
-            n = n if weight else 0
+            n = n if counts else 0
             total, samples, loss_sum = total + value, samples + n, loss_sum + value * n
         mean = total / len(micros)
         if self.ranks.active:
@@ -509,11 +515,13 @@ class Engine:
             self.best = {"acc": val, "step": self.step, "state": state}
 
     # -- checkpoints ------------------------------------------------------------------------------------
-    def state(self, rng: Any = None) -> dict:
-        """What a checkpoint holds; `rng`: the RNG states to keep (every rank's, in rank order, when several)."""
+    def state(self, rng: Any = None, tensors: bool = True) -> dict:
+        """What a checkpoint holds; `rng`: the RNG states to keep (every rank's, in rank order, when several);
+        tensors=False: without the weights and optimizer state (an FSDP checkpoint keeps those sharded)."""
         return {
             "step": self.step, "running": self.running, "seen": self.seen, "best": self.best, "curve": list(self.curve),
-            "job": self.job.checkpoint_state(), "optimizer": self.job.optimizer.state_dict(),
+            "job": self.job.checkpoint_state() if tensors else None,
+            "optimizer": self.job.optimizer.state_dict() if tensors else None,
             "scheduler": self.job.scheduler.state_dict() if self.job.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng if rng is not None else rng_state(),
             "n_steps": self.steps,
@@ -528,8 +536,11 @@ class Engine:
         if state.get("n_steps") != self.steps:
             raise ValueError(f"checkpoint {self.checkpoint.path} is for {state.get('n_steps')} steps, this run has "
                              f"{self.steps}; delete it to start over")
-        self.job.load_checkpoint_state(state["job"])
-        self.job.optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded"):
+            self._load_sharded(state)
+        else:
+            self.job.load_checkpoint_state(state["job"])
+            self.job.optimizer.load_state_dict(state["optimizer"])
         if self.job.scheduler is not None:
             self.job.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
@@ -562,8 +573,36 @@ class Engine:
             self._save_checkpoint()
 
     def _save_checkpoint(self) -> None:
-        """Rank 0 writes the checkpoint (DDP replicas are identical) with every rank's RNG state."""
+        """Rank 0 writes the checkpoint (DDP replicas are identical) with every rank's RNG state; an FSDP
+        network is saved sharded, each rank its own shards."""
         rngs = dp.gather_objects(rng_state())
+        rng = rngs if self.ranks.active else rngs[0]
+        if dp.is_sharded(self.job.net):
+            self.checkpoint.save_sharded(self._sharded_tensors(), self._plain_state(rng), self.ranks.rank, dp.barrier)
+            return
         if self.ranks.is_main:
-            self.checkpoint.save(self.state(rng=rngs if self.ranks.active else rngs[0]))
+            self.checkpoint.save(self.state(rng=rng))
         dp.barrier()  # nobody runs ahead of a checkpoint that is still being written
+
+    # FSDP: the tensors go through torch.distributed.checkpoint (sharded), the rest in the plain file.
+    def _sharded_tensors(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        net, optimizer = self.job.net, self.job.optimizer
+        return {"model": get_model_state_dict(net), "optim": get_optimizer_state_dict(net, optimizer),
+                "best": self.best["state"] or {}}
+
+    def _plain_state(self, rng) -> dict:
+        state = self.state(rng=rng, tensors=False)
+        state["best"] = {**self.best, "state": None, "has_state": self.best["state"] is not None}
+        return state
+
+    def _load_sharded(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        destination = self._sharded_tensors()  # this run's shapes and shards, filled in place
+        destination["best"] = self.job.snapshot() if state["best"].get("has_state") else {}
+        self.checkpoint.load_sharded(destination)
+        set_model_state_dict(self.job.net, destination["model"])
+        set_optimizer_state_dict(self.job.net, self.job.optimizer, destination["optim"])
+        state["best"] = {"acc": state["best"]["acc"], "step": state["best"]["step"], "state": destination["best"] or None}

@@ -91,6 +91,9 @@ class _RssSampler(threading.Thread):
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes this process holds for `t` (its own shard of an FSDP-sharded tensor)."""
+    to_local = getattr(t, "to_local", None)
+    t = to_local() if callable(to_local) else t
     return t.numel() * t.element_size()
 
 
