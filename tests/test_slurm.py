@@ -189,3 +189,30 @@ def test_a_cancelled_job_is_named_in_the_summary_and_in_status(slurm, tmp_path, 
     assert len(notes) == 1 and json.loads(notes[0].read_text())["run_id"] in status.stdout
     [row] = [line for line in status.stdout.splitlines() if line.startswith("| missing")]
     assert re.search(rf"\|\s*{job}\s*\|", row) and f"SLURM job {job} ended CANCELLED" in row
+
+
+# One cell as one 2-task job (launcher=slurm_ddp, its GPU settings replaced by this node's CPUs): DDP over gloo.
+DDP_LAUNCH = ["launcher=slurm_ddp", "hydra.launcher.partition=debug", "hydra.launcher.tasks_per_node=2",
+              "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=3",
+              "hydra.launcher.timeout_min=15", "hydra.launcher.setup=[]", "threads=1"]
+
+
+def test_a_two_task_ddp_job_runs_one_cell_writes_one_record_and_survives_a_requeue(slurm, tmp_path, tiny_bert_dir):
+    args = [a for a in _long_cell(tiny_bert_dir, "ddp", epochs=16) if a not in LAUNCH]  # 512 steps, ~10 s
+    sweep = _start(tmp_path, [*args, *DDP_LAUNCH])
+    try:
+        job = _running_job(tmp_path, "ddp")
+        slurm_cli("scancel", "--signal=USR1", job)  # to every task: all stop at one step, task 0 requeues
+        log, _ = sweep.communicate(timeout=600)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, log[-3000:]
+    [record] = records_of(tmp_path, "ddp")  # one record, from rank 0
+    assert record["status"] == "ok" and record["resumed_from_step"] >= 100
+    assert record["metrics"]["steps"] == 512 and record["cost"]["train_samples"] == 256 * 16
+    assert record["engine"]["distributed"] == {"mode": "ddp", "ranks": 2, "backend": "gloo", "launcher": "slurm",
+                                               "global_batch": 8, "per_rank_batch": 4, "grad_accum_steps": 1,
+                                               "micro_batch": 4}
+    assert record["cost"]["ranks"] == 2
+    assert "REQUEUED" in slurm_cli("sacct", "-D", "-X", "-n", "-o", "State", "-j", job.split("_")[0])
+    assert slurm_cli("sacct", "-X", "-n", "-o", "NTasks,AllocCPUS", "-j", job.split("_")[0]).split()[-1] == "2"

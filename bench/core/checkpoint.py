@@ -148,19 +148,21 @@ class PreemptionGuard:
         return self._pending is not None
 
     def hand_over(self, wait_s: float = 60.0) -> None:
-        """Run the launcher's handler now (it requeues the job and exits the process).
+        """Run the launcher's handler now: submitit requeues the job and exits the process.
 
-        In a multi-task job another task may have got the signal first (all stop at the same step): this
-        one waits for its own copy, then hands over too; without one it exits for the requeue."""
+        In a multi-task job every task stops at the same step (the ranks agree on it), but only task 0
+        requeues; submitit's handler returns on the others, which then wait for SLURM to stop them with
+        the job. A task whose own copy of the signal has not arrived yet waits for it first."""
         deadline = time.monotonic() + wait_s
         while self._pending is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self._pending is None or self._previous is None:
-            log.warning("another task was preempted; this one exits for the requeue")
-            raise SystemExit(0)
-        pending, self._pending = self._pending, None
-        signal.signal(self._signal, self._previous)
-        self._previous(*pending)
+        if self._pending is not None and self._previous is not None:
+            pending, self._pending = self._pending, None
+            signal.signal(self._signal, self._previous)
+            self._previous(*pending)
+        log.warning("another task requeues the job; this one waits to be stopped with it")
+        time.sleep(10 * wait_s)
+        raise SystemExit(0)
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
