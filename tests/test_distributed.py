@@ -81,6 +81,16 @@ def test_two_process_ddp_trains_the_same_weights_as_one_process(tmp_path, tiny_b
     assert cost["peak_memory_bytes"] == max(cost["peak_memory_bytes_per_rank"])
     assert cost["train_samples"] == single["cost"]["train_samples"] == 61  # the global count, not a rank's
     assert cost["training_state_bytes"] == single["cost"]["training_state_bytes"]  # DDP: a full replica per device
+    # Never pooled with the one-process run, and the report says how many devices ran it.
+    from tunebench.app.frame import load_frame
+
+    frames = [load_frame(tmp_path / "results" / "runs" / sweep) for sweep in ("one", "two")]
+    assert frames[0].comparison.iloc[0] != frames[1].comparison.iloc[0]
+    assert frames[1].ranks.iloc[0] == 2 and frames[1].device_seconds.iloc[0] == cost["device_seconds"]
+    report = run_tunebench(["report", "results/runs/two"], tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    header = (tmp_path / "results" / "tables" / "two" / "results.md").read_text().splitlines()[0]
+    assert [c.strip() for c in header.split("|")[-3:-1]] == ["ranks", "device s"]
 
 
 def test_a_causal_lm_with_lora_under_fsdp_matches_one_process(tmp_path, tiny_llama_dir):

@@ -24,8 +24,8 @@ CLIP_KEYS = ["zero_shot_acc", "recall_i2t_1", "recall_i2t_5", "recall_t2i_1", "r
 FEWSHOT_KEYS = ["meta_test_acc", "meta_test_ci95_low", "meta_test_ci95_high", "meta_test_tasks", "ways", "shots"]
 COST_KEYS = [
     "params_trainable", "params_trainable_excl_head", "params_total", "trainable_pct", "training_state_bytes",
-    "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes",
-]
+    "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes", "device_seconds",
+]  # multi-process runs: peak memory and training-state bytes are per device (the largest rank's)
 SETTING_KEYS = ["ways", "shots"]  # few-shot runs: N-way K-shot settings are never averaged together
 # Method knobs that set the problem both arms are run on rather than the arm itself (few-shot task
 # shape and meta-test set, continual streams): they belong to the comparison, not to the arm.
@@ -87,6 +87,12 @@ def _check_fields(path: Path, record: dict) -> None:
         raise ValueError(f"{path}: metrics.test_acc is {test_acc!r}, expected a number")
 
 
+def ranks_of(record: dict) -> int:
+    """How many processes ran the record's cell (1 unless it was a multi-process run)."""
+    distributed = (record.get("engine") or {}).get("distributed") or {}
+    return int(distributed.get("ranks") or (record.get("cost") or {}).get("ranks") or 1)
+
+
 def _row(path: Path, record: dict) -> dict:
     _check_fields(path, record)
     cell, metrics, cost = record.get("cell") or {}, record.get("metrics") or {}, record.get("cost") or {}
@@ -95,6 +101,9 @@ def _row(path: Path, record: dict) -> dict:
         raise ValueError(f"{path}: config is {type(config).__name__}, expected a mapping")
     method = config.get("method") or {}
     compared, arm = comparison_config(config), arm_config(config)
+    ranks = ranks_of(record)
+    if ranks > 1:  # launcher-given processes (SLURM tasks, torchrun) are not in the config: never pooled with one
+        compared["ranks"] = ranks
     row = {"run_id": record["run_id"], "status": record["status"], "sweep": record.get("sweep"), "path": str(path),
            "comparison": _key(compared), "comparison_config": compared, "arm_key": _key(arm), "arm_config": arm}
     # A run that failed before its task loaded has no cell; fall back to its config.
@@ -111,6 +120,9 @@ def _row(path: Path, record: dict) -> dict:
     # The arm `tunebench claim` compares this method with (method.claim_reference; None: "full").
     row["claim_reference"] = method.get("claim_reference")
     row.update({k: cost.get(k) for k in COST_KEYS})
+    row["ranks"] = ranks
+    if row["device_seconds"] is None:  # one process, one device
+        row["device_seconds"] = cost.get("train_seconds")
     row["slurm_job_id"] = slurm_job(record.get("env") or {})
     row["error"] = (record.get("error") or {}).get("message")
     return row

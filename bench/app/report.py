@@ -8,7 +8,8 @@ continual-learning runs, their average accuracy, forgetting and backward transfe
 as do CLIP runs' zero-shot accuracy and image->text / text->image recall@1 and @5;
 when it has few-shot runs, rows are split by N-way K-shot setting and show the meta-test accuracy
 ± its 95% confidence interval over tasks (mean over seeds of the per-run interval half-widths) and the
-number of meta-test tasks. In an lr grid (an arm at several lrs) the best validation accuracy, which
+number of meta-test tasks. Runs of several processes (DDP / FSDP) add `ranks` and `device s` (training time
+summed over devices); their peak memory is per device (the largest rank's). In an lr grid (an arm at several lrs) the best validation accuracy, which
 chooses the lr, gets a column beside test accuracy.
 """
 from __future__ import annotations
@@ -60,6 +61,9 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         table["val_acc_std"] = ok_groups["best_val_acc"].std(ddof=1)
     for source, name in COST_COLUMNS.items():
         table[name] = ok_groups[source].mean()
+    if "ranks" in frame and (frame["ranks"] > 1).any():  # multi-process runs: how many devices, and device-seconds
+        table["ranks"] = ok_groups["ranks"].max()
+        table["device_s"] = ok_groups["device_seconds"].mean()
     return table.reset_index()
 
 
@@ -106,6 +110,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out["trainable %"] = table.trainable_pct.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
     out["peak mem MB"] = table.peak_mem_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
     out["train s"] = table.train_s.map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+    if "ranks" in table:
+        out["ranks"] = table.ranks.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+        out["device s"] = table.device_s.map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
     return out
 
 
