@@ -1,6 +1,7 @@
 """The Hydra app: `tunebench run [overrides]` or `python -m tunebench.app.run [overrides]`."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -58,6 +59,14 @@ def app(cfg: DictConfig) -> str:
 
     if HydraConfig.get().mode == RunMode.RUN and status in FAILED:
         sys.exit(1)  # a single run that failed; in a multirun the sweep goes on
+    from tunebench.core import distributed as dp
+
+    if status in FAILED and dp.launcher_name() == "torchrun":
+        # A failed multi-process cell may leave its process group unusable: this torchrun sweep stops here (its
+        # record says why); `train.processes=N` gives each cell its own torchrun, and such a sweep goes on.
+        logging.getLogger("tunebench").error("a cell failed under torchrun: stopping this multirun (use train.processes "
+                                             "for sweeps whose other cells go on)")
+        sys.exit(1)
     return status
 
 

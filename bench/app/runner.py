@@ -322,6 +322,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         from tunebench.app.sweeper import LAUNCHED, LOST
 
+        if dp.launch_rank() > 0:  # a multirun under torchrun: rank 0 sums it up
+            return
+
         SweepSummary.outcomes = [_outcome(cell) for cell in LAUNCHED]
         counts = {s: SweepSummary.outcomes.count(s) for s in OUTCOMES}
         jobs = {s: sorted(job for rid, (state, job) in LOST.items() if _lost_outcome(state) == s) for s in ("cancelled", "lost")}

@@ -4,9 +4,9 @@ Who starts the processes:
   - `torchrun` (or `train.processes=N` on a local machine, which starts the cell through torchrun), or
   - SLURM tasks (`launcher=slurm_ddp`: one task per device; rank and world size from SLURM through
     submitit's `TorchDistributedEnvironment`).
-Every process runs the same cell (same config, same run id). One process group lives as long as the
-cell: NCCL on GPUs, gloo on CPU, with a timeout on every collective (`train.dist_timeout_s`), so a
-rank that dies cannot leave the others waiting forever.
+Every process runs the same cell (same config, same run id). One process group per process (a cell, or
+the cells of a multirun started under torchrun): NCCL on GPUs, gloo on CPU, with a timeout on every
+collective (`train.dist_timeout_s`), so a rank that dies cannot leave the others waiting forever.
 
 The split of the work (what a rank does), kept here so the engine and the families only ask:
   - training: `train.batch_size` stays the *global* batch, drawn from the run seed exactly as in one
@@ -21,6 +21,7 @@ The split of the work (what a rank does), kept here so the engine and the famili
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import logging
@@ -79,6 +80,13 @@ def launch_rank() -> int:
     if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
         return int(os.environ.get("SLURM_PROCID", 0))
     return 0
+
+
+def launcher_name() -> str | None:
+    """torchrun | slurm when a launcher started this process as one of several, else None (no side effects)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return "torchrun" if int(os.environ["WORLD_SIZE"]) > 1 else None
+    return "slurm" if is_launched() else None
 
 
 def is_launched() -> bool:
@@ -146,17 +154,20 @@ def cell_ranks(wanted_mode: str, wanted_device: str, timeout_s: float):
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # once per process: a multirun under torchrun runs its cells in one group
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
+        atexit.register(_destroy_group)
     _current = Ranks(rank, world, local_rank, mode, backend, launcher, device)
     log.info("rank %d of %d (%s, %s via %s)", rank, world, mode, backend, launcher)
     try:
         yield _current
     finally:
         _current = SINGLE
-        _slow.clear()
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+
+
+def _destroy_group() -> None:
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 # -- training: the global batch, shared out --------------------------------------------------------------
