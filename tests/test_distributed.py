@@ -58,12 +58,14 @@ def _assert_same_weights(a: dict, b: dict) -> None:
     assert worst < 1e-5, f"largest difference between 1 and 2 processes: {worst}"
 
 
-def test_two_process_ddp_trains_the_same_weights_as_one_process(tmp_path, tiny_bert_no_dropout):
-    """LoRA with DDP on the default task (Rotten Tomatoes). 61 examples in global batches of 15: 8 + 7 per
-    rank, each split by 2 accumulation steps into unequal micro-batches; the last batch has one example,
-    so rank 1 has none (it joins the all-reduce at weight 0). Full fine-tuning: the FSDP test below."""
-    common = ["method=lora", "method.peft.lora_dropout=0", "data.train_size=61", "train.batch_size=15",
-              "train.grad_accum_steps=2"]
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [["method=lora", "method.peft.lora_dropout=0"], ["method=full", "method.lr=1e-3"]],
+                         ids=["lora", "full"])
+def test_two_process_ddp_trains_the_same_weights_as_one_process(tmp_path, tiny_bert_no_dropout, method):
+    """DDP on the default task (Rotten Tomatoes). 61 examples in global batches of 15: 8 + 7 per rank, each
+    split by 2 accumulation steps into unequal micro-batches; the last batch has one example, so rank 1
+    has none (it joins the all-reduce at weight 0)."""
+    common = [*method, "data.train_size=61", "train.batch_size=15", "train.grad_accum_steps=2"]
     one = run_tunebench(_args(tiny_bert_no_dropout, *common, "sweep=one"), tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_tunebench(_args(tiny_bert_no_dropout, *common, "sweep=two", "train.processes=2"), tmp_path)
@@ -93,6 +95,7 @@ def test_two_process_ddp_trains_the_same_weights_as_one_process(tmp_path, tiny_b
     assert [c.strip() for c in header.split("|")[-3:-1]] == ["ranks", "device s"]
 
 
+@pytest.mark.slow
 def test_a_causal_lm_with_lora_under_fsdp_matches_one_process(tmp_path, tiny_llama_dir):
     """The causal-LM family sharded (FSDP units = the decoder layers, LoRA inside them): generation runs
     every decoding step on every rank (synced), the exact-match scores are gathered in the data's order."""
@@ -110,6 +113,7 @@ def test_a_causal_lm_with_lora_under_fsdp_matches_one_process(tmp_path, tiny_lla
         assert record["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_a_two_process_fsdp_run_killed_midway_resumes_from_its_sharded_checkpoint_to_the_same_weights(
         tmp_path, tiny_bert_no_dropout):
     """Full fine-tuning sharded over 2 processes (weights, gradients, Adam state) with a sharded checkpoint
@@ -142,6 +146,7 @@ def test_a_two_process_fsdp_run_killed_midway_resumes_from_its_sharded_checkpoin
     assert not checkpoint.exists()  # the record is final: the checkpoint is gone
 
 
+@pytest.mark.slow
 def test_a_rank_that_raises_fails_its_cell_with_one_record_and_the_sweep_goes_on(tmp_path, tiny_bert_no_dropout):
     """Rank 1 raises at step 3: that cell (4 steps) ends as one `failed` record naming rank 1 and its
     error; the next cell of the sweep (2 steps, never reaches step 3) runs and is ok."""
@@ -158,6 +163,7 @@ def test_a_rank_that_raises_fails_its_cell_with_one_record_and_the_sweep_goes_on
     assert "2 cells: 1 ok, 1 failed" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_rank_that_hangs_makes_the_other_fail_on_the_collective_timeout(tmp_path, tiny_bert_no_dropout):
     result = run_tunebench(_args(tiny_bert_no_dropout, "method=lora", "train.processes=2", "train.dist_timeout_s=5",
                                  "sweep=hang"), tmp_path, timeout=300, env_extra={dp.FAULT_ENV: "rank=1,step=2,kind=hang"})
