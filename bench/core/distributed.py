@@ -303,6 +303,21 @@ def is_sharded(net: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in net.parameters())
 
 
+def trainable_shards(net: torch.nn.Module) -> dict:
+    """The trainable weights of an FSDP network as sharded tensors (a best-validation snapshot). Through the
+    state-dict API, not `named_parameters`: after an evaluation the root unit's weights may still be gathered."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    trainable = {name for name, p in net.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in get_model_state_dict(net).items() if k in trainable}
+
+
+def load_trainable_shards(net: torch.nn.Module, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(net, state, options=StateDictOptions(strict=False))
+
+
 def full_state_dict(net: torch.nn.Module) -> dict | None:
     """The whole (unsharded) state on rank 0's CPU, gathered from an FSDP network (every rank must call);
     None for a network that is not sharded."""
