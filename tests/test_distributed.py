@@ -184,6 +184,19 @@ def test_evaluation_shares_are_equally_long_and_gather_back_in_the_data_order(mo
     assert dp.eval_share(order) is order
 
 
+def test_a_slurm_batch_script_is_one_process_and_an_srun_task_is_a_rank(monkeypatch):
+    """Environments as the local SLURM sets them for `sbatch -n 2`: the batch script has SLURM_NTASKS=2 and
+    SLURM_PROCID=0 but is one process (it must not wait for a rank 1); srun's tasks are the ranks."""
+    for key in ("RANK", "WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not dp.is_launched() and dp.launch_rank() == 0 and dp.launcher_name() is None
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert dp.is_launched() and dp.launch_rank() == 1 and dp.launcher_name() == "slurm"
+
+
 def test_mode_resolution_and_settings_name_what_is_wrong():
     assert dp.resolve_mode("auto", 1) == "none" and dp.resolve_mode("auto", 4) == "ddp"
     assert dp.resolve_mode("fsdp", 2) == "fsdp"

@@ -77,9 +77,15 @@ def launch_rank() -> int:
     """This process's rank as its launcher set it (0 when it was started alone); no side effects."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"])
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+    if _slurm_step_tasks() > 1:
         return int(os.environ.get("SLURM_PROCID", 0))
     return 0
+
+
+def _slurm_step_tasks() -> int:
+    """Tasks of the SLURM job step this process belongs to. Set by srun (submitit starts its tasks with it),
+    not in a batch script: there SLURM_NTASKS may be 2 while the script itself is one process."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
 
 
 def launcher_name() -> str | None:
@@ -93,20 +99,20 @@ def is_launched() -> bool:
     """True when a launcher started this process as one of several (torchrun, a multi-task SLURM job)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["WORLD_SIZE"]) > 1
-    return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in os.environ
+    return _slurm_step_tasks() > 1 and "SLURM_PROCID" in os.environ
 
 
 def launched_ranks() -> tuple[int, int, int, str] | None:
     """(rank, world, local rank, launcher) when this process is one of several, else None.
 
-    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / PORT); a SLURM job with several
-    tasks sets SLURM_NTASKS / SLURM_PROCID, from which submitit exports the same variables."""
+    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / PORT); a SLURM job step of several
+    tasks (srun) sets SLURM_STEP_NUM_TASKS / SLURM_PROCID, from which submitit exports the same variables."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         world = int(os.environ["WORLD_SIZE"])
         if world > 1:
             return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)), "torchrun"
         return None
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in os.environ:
+    if is_launched():
         from submitit.helpers import TorchDistributedEnvironment
 
         env = TorchDistributedEnvironment().export(set_cuda_visible_devices=torch.cuda.is_available(), overwrite=True)
