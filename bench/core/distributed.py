@@ -334,12 +334,6 @@ def full_state_dict(net: torch.nn.Module) -> dict | None:
     return get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a sharded (DTensor) tensor; the tensor itself otherwise."""
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
-
-
 # -- the network a rank trains ----------------------------------------------------------------------------
 class ParallelNet:
     """The job's network as the ranks train it. DDP: the forward / backward of a training step runs through
