@@ -194,6 +194,9 @@ def train_mode(net: nn.Module) -> None:
 
 
 def trainable_state(net: nn.Module) -> dict:
+    """A copy of the trainable weights; an FSDP network's as shards, through the state-dict API."""
+    if dp.is_sharded(net):
+        return dp.trainable_shards(net)
     return {k: v.detach().clone() for k, v in net.named_parameters() if v.requires_grad}
 
 
@@ -298,7 +301,10 @@ class TrainJob:
         return trainable_state(self.net)
 
     def restore(self, state: dict) -> None:
-        self.net.load_state_dict(state, strict=False)
+        if dp.is_sharded(self.net):
+            dp.load_trainable_shards(self.net, state)
+        else:
+            self.net.load_state_dict(state, strict=False)
 
     def checkpoint_state(self) -> dict:
         """What a checkpoint needs to continue: trainable weights and every buffer (BatchNorm statistics)."""
@@ -453,7 +459,7 @@ class Engine:
                 self._after_step_checkpoint(preemption)
         progress.close()
         if self.settings.select_best and self.best["state"] is not None:
-            self._restore(self.best["state"])
+            self.job.restore(self.best["state"])
         return Outcome(self.best["acc"], self.best["step"], self.curve, resumed, self.steps)
 
     def _update(self, step: int) -> tuple[float, int]:
@@ -511,18 +517,8 @@ class Engine:
         self.running, self.seen = 0.0, 0
         val = scores.get("val_acc")
         if val is not None and (self.best["acc"] is None or val > self.best["acc"]):
-            state = self._snapshot() if self.settings.select_best else None
+            state = self.job.snapshot() if self.settings.select_best else None
             self.best = {"acc": val, "step": self.step, "state": state}
-
-    def _snapshot(self) -> dict:
-        """The job's best-validation snapshot; an FSDP network's through the sharded state-dict API."""
-        return dp.trainable_shards(self.job.net) if dp.is_sharded(self.job.net) else self.job.snapshot()
-
-    def _restore(self, state: dict) -> None:
-        if dp.is_sharded(self.job.net):
-            dp.load_trainable_shards(self.job.net, state)
-        else:
-            self.job.restore(state)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def state(self, rng: Any = None, tensors: bool = True) -> dict:
@@ -611,7 +607,7 @@ class Engine:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         destination = self._sharded_tensors()  # this run's shapes and shards, filled in place
-        destination["best"] = self._snapshot() if state["best"].get("has_state") else {}
+        destination["best"] = self.job.snapshot() if state["best"].get("has_state") else {}
         self.checkpoint.load_sharded(destination)
         set_model_state_dict(self.job.net, destination["model"])
         set_optimizer_state_dict(self.job.net, self.job.optimizer, destination["optim"])
