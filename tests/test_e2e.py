@@ -118,7 +118,10 @@ def test_wandb_logger_runs_offline(tmp_path):
 def test_peak_memory_does_not_depend_on_the_cells_before_it(tmp_path):
     """Each cell of a local multirun runs in its own process with a fixed malloc mmap threshold, so a LoRA
     cell measures the same peak alone and after a full fine-tuning cell (in one shared process, without the
-    fixed threshold, the first cell of a sweep measured up to 12x the others)."""
+    fixed threshold, the first cell of a sweep measured up to 12x the others). Separate fresh processes of
+    the same cell still differ a little (kernel peak of the whole resident set, which includes the library
+    pages a run maps): 459-476 MB in ten local runs, 455 vs 504 MB once in CI, so the bound is 20%, far
+    below the order effect it guards against and below LoRA's gap to full fine-tuning (~465 vs ~750 MB)."""
     alone = run_tunebench(["run", "-m", "method=lora", "seed=0", *TINY, "sweep=alone"], tmp_path)
     after = run_tunebench(["run", "-m", "method=full,lora", "seed=0", *TINY, "sweep=after"], tmp_path)
     assert alone.returncode == 0 and after.returncode == 0, (alone.stderr + after.stderr)[-3000:]
@@ -126,7 +129,9 @@ def test_peak_memory_does_not_depend_on_the_cells_before_it(tmp_path):
     second = next(r for r in run_records(tmp_path, "after") if r["cell"]["method"] == "lora")
     assert first["run_id"] == second["run_id"]  # the same cell
     a, b = first["cost"]["peak_memory_mb"], second["cost"]["peak_memory_mb"]
-    assert abs(a - b) / a < 0.08, (a, b)
+    assert abs(a - b) / a < 0.20, (a, b)
+    full = next(r for r in run_records(tmp_path, "after") if r["cell"]["method"] == "full")
+    assert b < 0.8 * full["cost"]["peak_memory_mb"], (b, full["cost"]["peak_memory_mb"])
     assert first["cost"]["malloc_mmap_threshold"] == 4 * 1024 * 1024
     machine = first["env"]["machine"]
     assert machine["cpu_model"] and machine["blas"] and machine["torch_cpu_capability"] and machine["torch_threads"] >= 1
