@@ -202,6 +202,17 @@ class SequenceClassifierMethod:
         )
         return Result(result, outcome.curve, outcome.resumed_from_step, engine.prepared)
 
+    def fit_federated(self, run: RunContext, settings, make_client_net) -> Result:
+        """The same training split across Flower clients (tunebench.core.federated); the server scores rounds."""
+        from tunebench.core import federated
+
+        if run.task.modality not in ("text", "image"):
+            raise ValueError(f"federated.strategy={settings.strategy}: method={self.name} trains a federated "
+                             f"classifier on text or image tasks; this task's modality is '{run.task.modality}'")
+        result = federated.fit_evaluate(ClassifierFederation(self.name, run), run, settings, make_client_net)
+        self._measure_saved(run.model.net, run.meter)
+        return result
+
     def _measure_saved(self, net, meter: CostMeter) -> None:
         state = dp.full_state_dict(net)  # FSDP: gathered (every rank takes part); rank 0 measures
         if not dp.current().is_main:
@@ -212,3 +223,31 @@ class SequenceClassifierMethod:
             meter.count_saved(out)
         finally:
             shutil.rmtree(out, ignore_errors=True)
+
+
+class ClassifierFederation:
+    """The classifier family's federated plug-in (tunebench.core.federated.Federation): its ClassifierJob on
+    a client's batches, validation and test scoring of the global model on the server."""
+
+    def __init__(self, name: str, run: RunContext):
+        self.name, self.codec = name, make_codec(run.model, run.task)
+        self.train, self.val, self.test = (self.codec.encode(s) for s in (run.task.train, run.task.validation, run.task.test))
+        self.labels = self.train.labels
+        self.weight_decay, self.warmup_ratio = float(run.method.weight_decay), float(run.method.warmup_ratio)
+        self.eval_batch_size = run.train.eval_batch_size
+        self.majority_baseline = run.task.majority_baseline()
+
+    def local_job(self, net, batches, optimizer, scheduler) -> ClassifierJob:
+        return ClassifierJob(self.name, net, self.codec, self.train, self.val, batches, optimizer, scheduler,
+                             self.eval_batch_size)
+
+    def validate(self, net) -> dict:
+        preds = predict(net, self.codec, self.val, self.eval_batch_size)
+        return {f"val_{k}": v for k, v in scores(preds, self.val.labels).items()}
+
+    def finish(self, net, best_val) -> dict:
+        preds = predict(net, self.codec, self.test, self.eval_batch_size)
+        result = {f"test_{k}": v for k, v in scores(preds, self.test.labels).items()}
+        result.update(best_val_acc=best_val, test_correct="".join("1" if c else "0" for c in preds == self.test.labels),
+                      majority_baseline_test_acc=self.majority_baseline)
+        return result

@@ -22,7 +22,8 @@ from tunebench.core.engine import TrainSettings, lr_for
 from tunebench.core.loggers import LOGGERS
 from tunebench.core.meter import CostMeter, combine_ranks
 from tunebench.core.models import ModelFactory, prepare_packaged
-from tunebench.core.run_context import RunContext
+from tunebench.core.federated import FederatedSettings
+from tunebench.core.run_context import Result, RunContext
 from tunebench.core.seeding import seed_everything
 
 log = logging.getLogger("tunebench")
@@ -69,6 +70,7 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
 
     method = method_for(cfg.method)  # unknown names fail before any work
     train = TrainSettings.from_config(cfg.train)
+    federated = FederatedSettings.from_config(cfg.get("federated") or {})
     seed_everything(int(cfg.seed))
     with dp.main_first():  # several processes: rank 0 fills the caches (data, refinements, conversions) first
         task = load(cfg.data)
@@ -97,7 +99,10 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
         run = RunContext(method=cfg.method, train=train, seed=int(cfg.seed), task=task, model=model, meter=meter,
                          cache_dir=refine_ctx.cache_dir, checkpoint=checkpoint, log_metrics=log_metrics,
                          load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
-        result = method.fit_evaluate(run)
+        if federated.enabled:
+            result = _fit_federated(method, run, federated, _client_net_builder(cfg, method, task, init, refine_ctx.cache_dir, device))
+        else:
+            result = method.fit_evaluate(run)
         if cfg.get("save_model"):
             saved = _save_model(method, model.net, Path(cfg.paths.models) / str(cfg.sweep) / record["run_id"])
             record["saved_model"] = saved
@@ -108,6 +113,32 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
         record["cost"] = meter.summary()
     if dp.current().active:  # every rank got here: one cost block (per-device peaks, device-seconds)
         record["cost"] = combine_ranks(dp.gather_objects(record["cost"]))
+
+
+def _fit_federated(method, run: RunContext, federated: FederatedSettings, make_net) -> "Result":
+    """The cell trained by Flower clients (tunebench.core.federated), for a method family that has that path."""
+    fit = getattr(method, "fit_federated", None)
+    if fit is None or run.task.modality == "generation":
+        raise ValueError(f"federated.strategy={federated.strategy}: method={method.name} on a {run.task.modality} task has "
+                         f"no federated path (classifier methods on text / image tasks have one); run it with "
+                         f"federated.strategy=none")
+    if dp.current().active:
+        raise ValueError(f"federated.strategy={federated.strategy} with {dp.current().world} processes: a federated cell "
+                         f"runs its clients as Flower simulation actors in one launch; use train.processes=1")
+    return fit(run, federated, make_net)
+
+
+def _client_net_builder(cfg, method, task, init, cache_dir, device):
+    """How a federated client builds the run's network in its own process: the same model config, task and
+    refinement init, adapted by the same method (its trainable weights then come from the server)."""
+    model_cfg, method_cfg = cfg.model, cfg.method
+
+    def make_net():
+        from tunebench.core.models import build
+
+        return method.adapt(build(model_cfg, task, init, cache_dir=cache_dir).net, method_cfg).to(device)
+
+    return make_net
 
 
 def _save_model(method, net, folder: Path) -> str:

@@ -146,6 +146,7 @@ class CostMeter:
         self._peak_bytes: int | None = None
         self._sampler: _RssSampler | None = None
         self._kernel_peak = False
+        self._device_peaks: list[int] = []
 
     # -- memory ------------------------------------------------------------------------------
     def start(self) -> "CostMeter":
@@ -175,6 +176,11 @@ class CostMeter:
         else:
             peak = self._sampler.stop() if self._sampler else self._baseline
         self._peak_bytes = max(0, peak - self._baseline)
+
+    def add_device_peak(self, peak_bytes: int) -> None:
+        """The peak of another process that trained for this run (a federated client): the run's peak is the
+        largest of its devices' (`peak_memory_own_bytes` keeps this process's)."""
+        self._device_peaks.append(int(peak_bytes))
 
     # -- time and throughput -------------------------------------------------------------------
     @contextmanager
@@ -232,7 +238,10 @@ class CostMeter:
         )
         if self._peak_bytes is not None:
             out["peak_memory_bytes"] = self._peak_bytes
-            out["peak_memory_mb"] = round(self._peak_bytes / 2**20, 2)
+            if self._device_peaks:
+                out["peak_memory_own_bytes"] = self._peak_bytes
+                out["peak_memory_bytes"] = max(self._peak_bytes, *self._device_peaks)
+            out["peak_memory_mb"] = round(out["peak_memory_bytes"] / 2**20, 2)
         return out
 
 

@@ -1,0 +1,539 @@
+"""Federated training of one cell with Flower: K clients each hold one partition of the training split,
+train locally through the shared engine and send their trainable weights to a server that aggregates them
+with a Flower strategy (FedAvg, FedProx, FedAdam, ... any class of `flwr.serverapp.strategy`).
+
+The runtime is Flower's simulation engine (`flwr.simulation.run_simulation`, Ray actors as clients); this
+module only wires a family's training into it and measures what Flower does not:
+
+- **What travels.** A client sends what its training changed (`exchanged_state`): the adapter, and the
+  task head it trains, for peft methods (the frozen base is the same pretrained model on every client and
+  never travels), every weight for full fine-tuning. Bytes down (server -> sampled clients) and up (replies)
+  are counted per round as tensor bytes, plus Flower's serialised size.
+- **Same update as one process.** A client's data order is drawn from the run seed over its own partition
+  (sorted indices), its randomness starts from the run's RNG state at the start of training and continues
+  across rounds (kept in the client's Flower context), and its learning rate follows one linear schedule over
+  rounds x local steps. So 1 client, 1 round and the run's steps train exactly the centralised run.
+- **Failures are named.** A client that raises, or a round with fewer replies than `federated.min_replies`
+  of the sampled clients, fails the cell (Flower alone would log "0 results and 2 failures" and finish).
+- **Evaluation** is the server's: the global model after each round on the shared validation split (the
+  round curve, best-round selection), the test split once at the end.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tunebench.core.engine import (Engine, TrainJob, TrainSettings, batch_order, rng_state, set_rng_state,
+                                   trainable_state)
+from tunebench.core.meter import CostMeter
+
+log = logging.getLogger("tunebench")
+
+PARTITIONS = ("iid", "dirichlet")
+
+
+# -- settings -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FederatedSettings:
+    """The `federated:` config node, checked. `strategy: none` trains the cell centrally (the default)."""
+
+    strategy: str = "none"
+    clients: int = 4
+    rounds: int = 5
+    local_steps: int = 10
+    fraction: float = 1.0
+    partition: str = "iid"
+    alpha: float = 1.0
+    min_partition_size: int = 10
+    strategy_args: dict = field(default_factory=dict)
+    min_replies: float = 1.0
+    client_cpus: float = 1.0
+    timeout_s: float = 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.strategy != "none"
+
+    @classmethod
+    def from_config(cls, node) -> "FederatedSettings":
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"federated.{unknown[0]}: unknown key; the federated keys are "
+                             f"{', '.join(sorted(cls.__dataclass_fields__))}")
+        settings = cls(**{k: _checked_setting(k, v) for k, v in values.items()})
+        if settings.enabled:
+            strategy_class(settings.strategy)  # an unknown strategy fails before any work
+        return settings
+
+    def describe(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _checked_setting(key: str, value):
+    def fail(expected: str):
+        raise ValueError(f"federated.{key}={value!r}: expected {expected}")
+
+    if key in ("clients", "rounds", "local_steps"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail("a whole number >= 1")
+        return value
+    if key == "min_partition_size":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail("a whole number >= 1")
+        return value
+    if key in ("fraction", "min_replies"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            fail("a number in (0, 1]")
+        return float(value)
+    if key in ("alpha", "client_cpus", "timeout_s"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            fail("a positive number")
+        return float(value)
+    if key == "partition":
+        if value not in PARTITIONS:
+            fail(" | ".join(PARTITIONS))
+        return value
+    if key == "strategy":
+        if not isinstance(value, str) or not value:
+            fail("none or a strategy of flwr.serverapp.strategy (fedavg, fedprox, fedadam, ...)")
+        return value.lower()
+    if key == "strategy_args":
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            fail("a mapping of keyword arguments for the Flower strategy")
+        return dict(value)
+    return value
+
+
+def strategy_class(name: str):
+    """The Flower strategy class called `name` (case-insensitive)."""
+    from flwr.serverapp import strategy as strategies
+
+    known = {n.lower(): n for n in dir(strategies) if isinstance(getattr(strategies, n), type)
+             and issubclass(getattr(strategies, n), strategies.Strategy) and n != "Strategy"}
+    if name not in known:
+        raise ValueError(f"federated.strategy={name!r}: not a Flower strategy; expected none or one of "
+                         f"{', '.join(sorted(known))}")
+    return getattr(strategies, known[name])
+
+
+# -- partitions ---------------------------------------------------------------------------------------
+def partition(labels: np.ndarray, settings: FederatedSettings, seed: int) -> list[np.ndarray]:
+    """Each client's training indices (sorted), from flwr-datasets' partitioners over the split's labels."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    labels = np.asarray(labels)
+    if settings.clients > len(labels):
+        raise ValueError(f"federated.clients={settings.clients}: the training split has only {len(labels)} examples")
+    # Shuffled first, as flwr-datasets' FederatedDataset does: IidPartitioner cuts contiguous shards, and a
+    # split stored by class would give each client one class.
+    table = Dataset.from_dict({"label": labels.tolist(), "index": list(range(len(labels)))}).shuffle(seed=seed)
+    if settings.partition == "iid":
+        partitioner = IidPartitioner(num_partitions=settings.clients)
+    else:
+        partitioner = DirichletPartitioner(num_partitions=settings.clients, partition_by="label", alpha=settings.alpha,
+                                           min_partition_size=settings.min_partition_size, seed=seed)
+    partitioner.dataset = table
+    try:
+        parts = [np.sort(np.asarray(partitioner.load_partition(k)["index"], dtype=np.int64))
+                 for k in range(settings.clients)]
+    except ValueError as error:  # Dirichlet: no draw gave every client min_partition_size examples
+        raise ValueError(f"federated.partition=dirichlet alpha={settings.alpha} clients={settings.clients}: {error} "
+                         f"(lower federated.min_partition_size or use fewer clients)") from None
+    return parts
+
+
+def label_counts(labels: np.ndarray, parts: list[np.ndarray]) -> list[dict]:
+    """Per client: its size and examples per class (the record's account of the heterogeneity)."""
+    labels = np.asarray(labels)
+    return [{"examples": int(len(p)), "per_class": {str(c): int(n) for c, n in zip(*np.unique(labels[p], return_counts=True))}}
+            for p in parts]
+
+
+def client_batches(indices: np.ndarray, batch_size: int, round_: int, local_steps: int, seed: int) -> list[np.ndarray]:
+    """Round `round_`'s batches of one client: the next `local_steps` batches of its own stream of shuffled
+    epochs over its partition, drawn from the run seed (1 client = the centralised run's order)."""
+    needed = round_ * local_steps
+    per_epoch = math.ceil(len(indices) / batch_size)
+    stream = batch_order(len(indices), batch_size, math.ceil(needed / per_epoch), seed)
+    return [indices[b] for b in stream[needed - local_steps: needed]]
+
+
+# -- what a family provides -----------------------------------------------------------------------------
+class Federation:
+    """A family's federated plug-in (built on the server from the run; pickled to the clients).
+
+    `labels` partition the training split; `local_job` is the family's TrainJob on a client's batches;
+    `validate` scores the global model on the validation split (`val_acc` selects the best round);
+    `finish` gives the run's metrics from the final global model (test split) and the best validation score."""
+
+    labels: np.ndarray
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+
+    def local_job(self, net, batches: list[np.ndarray], optimizer, scheduler) -> TrainJob:
+        raise NotImplementedError
+
+    def validate(self, net) -> dict:
+        raise NotImplementedError
+
+    def finish(self, net, best_val: float | None) -> dict:
+        raise NotImplementedError
+
+
+class ProximalJob(TrainJob):
+    """FedProx's client objective: the family's loss + mu/2 * ||w - w_global||^2 over the trainable weights."""
+
+    def __init__(self, job: TrainJob, mu: float):
+        self.job, self.mu = job, mu
+        self.name, self.net, self.optimizer, self.scheduler = job.name, job.net, job.optimizer, job.scheduler
+        self.evaluates = False
+        self.anchor = {k: v.detach().clone() for k, v in job.net.named_parameters() if v.requires_grad}
+
+    def batch(self, step):
+        return self.job.batch(step)
+
+    def loss(self, micro):
+        loss, samples = self.job.loss(micro)
+        params = dict(self.net.named_parameters())
+        drift = sum(((params[k] - w) ** 2).sum() for k, w in self.anchor.items())
+        return loss + 0.5 * self.mu * drift, samples
+
+    def loss_units(self, items):
+        return self.job.loss_units(items)
+
+    def train_mode(self):
+        self.job.train_mode()
+
+    def after_update(self, step):
+        self.job.after_update(step)
+
+
+def exchanged_state(net: torch.nn.Module) -> dict:
+    """What a client sends and the server averages: the trainable weights, plus the running statistics of
+    BatchNorm layers that train (full fine-tuning of a CNN: FedAvg averages them like weights). A peft
+    method's frozen BatchNorm layers keep their statistics (engine.train_mode), so nothing of the base travels."""
+    state = trainable_state(net)
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in module.parameters()):
+            state.update({f"{name}.{b}": t.detach().clone() for b, t in module.named_buffers(recurse=False)})
+    return state
+
+
+def tensor_bytes(state: dict) -> int:
+    return int(sum(t.numel() * t.element_size() for t in state.values()))
+
+
+# -- the client ---------------------------------------------------------------------------------------
+@dataclass
+class ClientPlan:
+    """Everything a client process needs (pickled into each Ray actor once)."""
+    federation: Federation
+    parts: list[np.ndarray]
+    settings: FederatedSettings
+    train: TrainSettings
+    lr: float
+    seed: int
+    start_rng: bytes
+    make_net: Callable[[], torch.nn.Module]
+    fail_client: int | None = None  # tests: this client raises (TUNEBENCH_FEDERATED_FAIL)
+
+
+_CLIENT_NET: dict = {}
+
+
+def _client_net(plan: ClientPlan) -> torch.nn.Module:
+    """The client's network, built once per actor process from the run's model config."""
+    if "net" not in _CLIENT_NET:
+        torch.set_num_threads(max(1, int(plan.settings.client_cpus)))
+        _CLIENT_NET["net"] = plan.make_net()
+    return _CLIENT_NET["net"]
+
+
+def _linear_schedule(optimizer, plan: ClientPlan, round_: int):
+    """The centralised run's warmup / linear decay over rounds x local steps, from this round's first step."""
+    total = plan.settings.rounds * plan.settings.local_steps
+    warmup = int(plan.federation.warmup_ratio * total)
+    offset = (round_ - 1) * plan.settings.local_steps
+
+    def factor(step: int) -> float:
+        step += offset
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_client(plan: ClientPlan, partition_id: int, round_: int, global_state: dict, rng: bytes | None,
+                 mu: float) -> tuple[dict, dict, bytes]:
+    """One client's local training in one round: (its trainable state, its metrics, its RNG state after)."""
+    try:
+        return _train_client(plan, partition_id, round_, global_state, rng, mu)
+    except Exception as error:  # named for the server's failure message (Flower passes the text on)
+        raise RuntimeError(f"client {partition_id}, round {round_}: {type(error).__name__}: {error}") from error
+
+
+def _reason(text: str) -> str:
+    """The client's own message out of Flower's / Ray's error text (which wraps it in two tracebacks)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    found = re.findall(r"Message: (.*?)'?>?\s*$", text, flags=re.M)
+    if found:
+        return found[-1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
+
+
+def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state: dict, rng: bytes | None,
+                  mu: float) -> tuple[dict, dict, bytes]:
+    if plan.fail_client == partition_id:
+        raise RuntimeError("raised on purpose (TUNEBENCH_FEDERATED_FAIL)")
+    net = _client_net(plan)
+    missing = set(global_state) - set(exchanged_state(net))
+    if missing:
+        raise ValueError(f"the server sent weights this client does not train: {sorted(missing)[:3]}")
+    with torch.no_grad():
+        net.load_state_dict(global_state, strict=False)
+    set_rng_state(pickle.loads(rng or plan.start_rng))
+    batches = client_batches(plan.parts[partition_id], plan.train.batch_size, round_, plan.settings.local_steps, plan.seed)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.federation.weight_decay)
+    scheduler = _linear_schedule(optimizer, plan, round_)
+    job = plan.federation.local_job(net, batches, optimizer, scheduler)
+    job.evaluates = False
+    if mu > 0:
+        job = ProximalJob(job, mu)
+    meter = CostMeter(str(next(net.parameters()).device)).start()
+    try:
+        Engine(job, len(batches), plan.train, meter, lr=plan.lr).run()
+    finally:
+        meter.stop()
+    cost = meter.summary()
+    state = exchanged_state(net)
+    metrics = {"num-examples": int(len(plan.parts[partition_id])), "partition-id": int(partition_id),
+               "train_seconds": float(cost["train_seconds"]), "train_samples": int(cost["train_samples"]),
+               "peak_memory_bytes": int(cost.get("peak_memory_bytes") or 0),
+               "training_state_bytes": int(cost.get("training_state_bytes") or 0)}
+    return state, metrics, pickle.dumps(rng_state())
+
+
+def client_app(plan: ClientPlan):
+    """Flower's ClientApp around `train_client`; the client's RNG state lives in its Flower context."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        partition_id = int(context.node_config["partition-id"])
+        config = msg.content["config"]
+        kept = context.state.config_records.get("tunebench")
+        state, metrics, rng = train_client(
+            plan, partition_id, int(config["server-round"]), msg.content["arrays"].to_torch_state_dict(),
+            kept["rng"] if kept else None, float(config.get("proximal-mu", 0.0)))
+        context.state["tunebench"] = ConfigRecord({"rng": rng})
+        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(state),
+                                   "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+# -- the server ---------------------------------------------------------------------------------------
+@dataclass
+class Ledger:
+    """What the server saw, round by round (filled in the server thread, read after the simulation)."""
+    rounds: list = field(default_factory=list)
+    curve: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"acc": None, "round": 0, "state": None})
+    failure: str | None = None
+
+
+class RoundFailed(RuntimeError):
+    pass
+
+
+def counted(strategy_cls, settings: FederatedSettings, ledger: Ledger):
+    """The Flower strategy, counting bytes each way and refusing a round with too few replies."""
+
+    class Counted(strategy_cls):
+        def configure_train(self, server_round, arrays, config, grid):
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+            sent = tensor_bytes(arrays.to_torch_state_dict())
+            ledger.rounds.append({"round": server_round, "clients": len(messages), "bytes_down": sent * len(messages),
+                                  "serialized_bytes_down": arrays.count_bytes() * len(messages)})
+            return messages
+
+        def aggregate_train(self, server_round, replies):
+            replies = list(replies)
+            ok = sorted((m for m in replies if not m.has_error()),
+                        key=lambda m: int(m.content["metrics"]["partition-id"]))  # a fixed order: sums are reproducible
+            errors = [_reason(m.error.reason) for m in replies if m.has_error()]
+            entry = ledger.rounds[-1]
+            entry.update(replies=len(ok), failures=len(errors),
+                         bytes_up=sum(tensor_bytes(m.content["arrays"].to_torch_state_dict()) for m in ok),
+                         serialized_bytes_up=sum(m.content["arrays"].count_bytes() for m in ok),
+                         clients_detail=[dict(m.content["metrics"]) for m in ok])
+            wanted = math.ceil(settings.min_replies * entry["clients"] - 1e-9)
+            if len(ok) < wanted:
+                lost = entry["clients"] - len(replies)
+                ledger.failure = (f"federated round {server_round}: {len(ok)} of {entry['clients']} sampled clients replied "
+                                  f"with weights, {wanted} needed (federated.min_replies={settings.min_replies})"
+                                  + (f"; {len(errors)} failed: " + "; ".join(errors) if errors else "")
+                                  + (f"; {lost} gave no reply within {settings.timeout_s:g} s" if lost else ""))
+                raise RoundFailed(ledger.failure)
+            return super().aggregate_train(server_round, ok)
+
+    Counted.__name__ = strategy_cls.__name__
+    return Counted
+
+
+def build_strategy(settings: FederatedSettings, ledger: Ledger):
+    cls = counted(strategy_class(settings.strategy), settings, ledger)
+    sampled = max(1, int(settings.clients * settings.fraction))
+    args = {"fraction_train": settings.fraction, "fraction_evaluate": 0.0, "min_train_nodes": sampled,
+            "min_evaluate_nodes": 0, "min_available_nodes": settings.clients, **settings.strategy_args}
+    try:
+        return cls(**args)
+    except TypeError as error:
+        raise ValueError(f"federated.strategy_args={settings.strategy_args}: {settings.strategy} does not take them "
+                         f"({error})") from None
+
+
+def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evaluate: Callable[[int, dict], dict]):
+    from flwr.app import ArrayRecord, Context, MetricRecord
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = build_strategy(settings, ledger)
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord):
+            if server_round == 0:
+                return None  # the initial model is the pretrained one: no round to score
+            return MetricRecord(evaluate(server_round, arrays.to_torch_state_dict()))
+
+        try:
+            strategy.start(grid=grid, initial_arrays=ArrayRecord.from_torch_state_dict(initial),
+                           num_rounds=settings.rounds, timeout=settings.timeout_s, evaluate_fn=evaluate_fn)
+        except Exception as error:  # noqa: BLE001 - the driver raises it after the simulation ends
+            ledger.failure = ledger.failure or f"federated server: {type(error).__name__}: {error}"
+
+    return app
+
+
+def _ray_dir() -> Path:
+    """A short private folder for Ray's session files (its socket paths must stay under ~107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="tb-ray-"))
+
+
+def simulate(plan: ClientPlan, net: torch.nn.Module, evaluate: Callable[[int, dict], dict], ledger: Ledger) -> None:
+    """Run the Flower simulation of `plan`'s clients against a server holding `net`, filling `ledger`."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from flwr.simulation import run_simulation
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # the rounds are logged here; Flower's summary repeats them
+
+    settings = plan.settings
+    ray_dir = _ray_dir()
+    cpus = max(1, os.cpu_count() or 1)
+    backend = {"client_resources": {"num_cpus": min(settings.client_cpus, cpus), "num_gpus": 0.0},
+               "init_args": {"num_cpus": cpus, "include_dashboard": False, "_temp_dir": str(ray_dir),
+                             "object_store_memory": 100 * 2**20, "log_to_driver": False}}
+    try:
+        run_simulation(server_app=server_app(settings, ledger, exchanged_state(net), evaluate),
+                       client_app=client_app(plan), num_supernodes=settings.clients, backend_config=backend)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    if ledger.failure is None and len(ledger.curve) < settings.rounds:
+        ledger.failure = (f"federated: the simulation ended after {len(ledger.curve)} of {settings.rounds} rounds "
+                          f"(Flower's log above says why)")
+
+
+# -- one federated cell -------------------------------------------------------------------------------
+def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_net: Callable[[], torch.nn.Module]):
+    """Train `run`'s model federatedly; the family's metrics, the round curve and the costs (into run.meter)."""
+    from tunebench.core.run_context import Result
+
+    net, meter = run.model.net, run.meter
+    parts = partition(federation.labels, settings, run.seed)
+    plan = ClientPlan(federation, parts, settings, run.train, run.lr, run.seed, pickle.dumps(rng_state()), make_net,
+                      fail_client=_fail_client())
+    ledger = Ledger()
+
+    def evaluate(server_round: int, state: dict) -> dict:
+        with torch.no_grad():
+            net.load_state_dict(state, strict=False)
+        with meter.phase("eval"), run.autocast():
+            scores = federation.validate(net)
+        acc = scores.get("val_acc")
+        if acc is not None and (ledger.best["acc"] is None or acc > ledger.best["acc"]):
+            ledger.best.update(acc=acc, round=server_round, state={k: v.detach().clone() for k, v in state.items()})
+        ledger.curve.append({"step": server_round * settings.local_steps, "round": server_round, **scores})
+        log.info("round %d/%d  %s", server_round, settings.rounds,
+                 "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+        return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
+
+    started = time.perf_counter()
+    simulate(plan, net, evaluate, ledger)
+    wall = time.perf_counter() - started
+    if ledger.failure:
+        raise RuntimeError(ledger.failure)
+    if run.train.select_best and ledger.best["state"] is not None:
+        with torch.no_grad():
+            net.load_state_dict(ledger.best["state"], strict=False)
+    _charge(meter, ledger, wall)
+    with meter.phase("eval"), run.autocast():
+        metrics = federation.finish(net, ledger.best["acc"])
+    metrics.update(best_round=ledger.best["round"], best_step=ledger.best["round"] * settings.local_steps,
+                   rounds=settings.rounds, steps=settings.rounds * settings.local_steps)
+    federated = {**settings.describe(), "clients_data": label_counts(federation.labels, parts),
+                 "rounds_detail": ledger.rounds}
+    return Result(metrics, ledger.curve, 0, {"federated": federated})
+
+
+def _charge(meter: CostMeter, ledger: Ledger, wall: float) -> None:
+    """The clients' costs and the traffic into the run's meter. Per-device numbers are the largest client's;
+    train time is each round's slowest client, summed (clients of a round train in parallel on their own
+    devices); device_seconds sums every client's training."""
+    detail = [c for r in ledger.rounds for c in r.get("clients_detail", [])]
+    meter.times["train"] = sum(max((c["train_seconds"] for c in r.get("clients_detail", [])), default=0.0)
+                               for r in ledger.rounds)
+    meter.train_samples = sum(c["train_samples"] for c in detail)
+    meter.add_device_peak(max((c["peak_memory_bytes"] for c in detail), default=0))
+    down = sum(r["bytes_down"] for r in ledger.rounds)
+    up = sum(r.get("bytes_up", 0) for r in ledger.rounds)
+    first = ledger.rounds[0]
+    meter.values.update(
+        device_seconds=round(sum(c["train_seconds"] for c in detail), 3),
+        federated_wall_seconds=round(wall, 3),
+        training_state_bytes=max((c["training_state_bytes"] for c in detail), default=None),
+        comm_bytes_down=down, comm_bytes_up=up, comm_bytes_total=down + up,
+        comm_bytes_per_client_round=first["bytes_down"] // max(1, first["clients"]),
+        comm_serialized_bytes_total=sum(r["serialized_bytes_down"] + r.get("serialized_bytes_up", 0) for r in ledger.rounds),
+    )
+
+
+def _fail_client() -> int | None:
+    """TUNEBENCH_FEDERATED_FAIL=<client>: that client raises in every round (the failure path's test)."""
+    value = os.environ.get("TUNEBENCH_FEDERATED_FAIL")
+    return int(value) if value not in (None, "") else None

@@ -1,0 +1,141 @@
+"""Federated cells (bench/core/federated.py): Flower clients train through the shared engine, the server
+aggregates what they trained. End-to-end runs go through the CLI and Flower's Ray simulation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from tunebench.core import federated as fed
+from tunebench.core.engine import batch_order
+
+from .conftest import TINY, run_tunebench
+
+FED = ["federated.strategy=fedavg", "federated.rounds=1"]
+
+
+def records(root: Path, sweep: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "results" / "runs" / sweep).glob("*.json"))]
+
+
+def tensor_bytes(path: Path) -> int:
+    with safe_open(str(path), "pt") as f:
+        return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+def test_one_client_one_round_trains_exactly_the_centralised_run(tmp_path):
+    """Same data order, same RNG stream, same lr schedule: the adapter after 1 client x 1 round x 4 steps is
+    the centralised run's after 4 steps (up to float summation order: the client trains on 1 thread)."""
+    args = ["run", "-m", "method=lora", "seed=0", *TINY, "train.evals=1", "save_model=true", f"paths.models={tmp_path}/models",
+            "federated.strategy=none,fedavg", "federated.clients=1", "federated.rounds=1", "federated.local_steps=4",
+            "sweep=same"]
+    out = run_tunebench(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    by = {r["config"]["federated"]["strategy"]: r for r in records(tmp_path, "same")}
+    central, federated = by["none"], by["fedavg"]
+    assert central["metrics"]["steps"] == federated["metrics"]["steps"] == 4
+    assert central["metrics"]["test_correct"] == federated["metrics"]["test_correct"]
+    assert central["metrics"]["best_val_acc"] == pytest.approx(federated["metrics"]["best_val_acc"])
+    with safe_open(central["saved_model"] + "/adapter_model.safetensors", "pt") as a, \
+            safe_open(federated["saved_model"] + "/adapter_model.safetensors", "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        start = {k: a.get_tensor(k) for k in a.keys()}
+        for key in a.keys():
+            assert (a.get_tensor(key) - b.get_tensor(key)).abs().max().item() < 1e-4, key
+    assert any(t.abs().max().item() > 1e-3 for t in start.values())  # trained weights, not zeros on both sides
+
+
+def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path):
+    args = ["run", "-m", "method=full,lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1",
+            "save_model=true", f"paths.models={tmp_path}/models", "sweep=bytes"]
+    out = run_tunebench(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    by = {r["config"]["method"]["name"]: r for r in records(tmp_path, "bytes")}
+    lora, full = by["lora"]["cost"], by["full"]["cost"]
+    adapter = tensor_bytes(Path(by["lora"]["saved_model"]) / "adapter_model.safetensors")  # what peft saves
+    assert lora["comm_bytes_per_client_round"] == adapter == 4 * lora["params_trainable"]
+    assert lora["comm_bytes_down"] == lora["comm_bytes_up"] == 2 * adapter  # 2 clients, 1 round, each way
+    assert full["comm_bytes_per_client_round"] == 4 * full["params_total"]  # every weight of MiniLM, fp32
+    assert full["comm_bytes_down"] == full["comm_bytes_up"] == 2 * 4 * full["params_total"]
+    assert full["comm_bytes_total"] / lora["comm_bytes_total"] > 200
+    rounds = by["lora"]["engine"]["federated"]["rounds_detail"]
+    assert [(r["clients"], r["replies"], r["failures"]) for r in rounds] == [(2, 2, 0)]
+    assert sum(c["examples"] for c in by["lora"]["engine"]["federated"]["clients_data"]) == 64
+
+
+def test_a_client_that_raises_fails_the_cell_and_is_named(tmp_path):
+    args = ["run", "method=lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1", "sweep=fail"]
+    ray_dirs = set(Path("/tmp").glob("tb-ray-*"))
+    out = run_tunebench(args, tmp_path, env_extra={"TUNEBENCH_FEDERATED_FAIL": "1"})
+    assert out.returncode != 0
+    [record] = records(tmp_path, "fail")
+    assert record["status"] == "failed"
+    message = record["error"]["message"]
+    assert "round 1: 1 of 2 sampled clients replied" in message
+    assert "client 1, round 1: RuntimeError: raised on purpose" in message
+    assert "metrics" not in record or not record["metrics"]
+    assert set(Path("/tmp").glob("tb-ray-*")) == ray_dirs  # Ray's session folder is removed, failed or not
+
+
+# -- units --------------------------------------------------------------------------------------------
+def settings(**values) -> fed.FederatedSettings:
+    return fed.FederatedSettings.from_config({"strategy": "fedavg", **values})
+
+
+def test_iid_partitions_are_disjoint_cover_the_split_and_mix_the_classes():
+    labels = np.repeat([0, 1], 100)  # stored by class, as some splits are
+    parts = fed.partition(labels, settings(clients=4), seed=0)
+    joined = np.concatenate(parts)
+    assert sorted(joined.tolist()) == list(range(200))
+    assert all(np.all(np.diff(p) > 0) for p in parts)  # sorted indices
+    assert all(0.3 < labels[p].mean() < 0.7 for p in parts)  # shuffled before cutting: both classes everywhere
+
+
+def test_dirichlet_with_a_small_alpha_gives_clients_skewed_classes_and_is_seeded():
+    labels = np.tile(np.arange(4), 100)
+    skewed = fed.partition(labels, settings(clients=4, partition="dirichlet", alpha=0.1), seed=0)
+    again = fed.partition(labels, settings(clients=4, partition="dirichlet", alpha=0.1), seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(skewed, again))
+    top_share = [np.bincount(labels[p], minlength=4).max() / len(p) for p in skewed]
+    assert np.mean(top_share) > 0.6  # iid would be ~0.25
+    assert sorted(np.concatenate(skewed).tolist()) == list(range(400))
+
+
+def test_one_client_draws_the_centralised_batches_round_after_round():
+    indices = np.arange(50)
+    central = batch_order(50, 8, 3, seed=4)
+    drawn = [b for r in (1, 2, 3) for b in fed.client_batches(indices, 8, r, 5, seed=4)]
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, central[:15]))
+    other = fed.client_batches(np.arange(100, 150), 8, 1, 5, seed=4)
+    assert all(np.array_equal(a + 100, b) for a, b in zip(central[:5], other))  # a client's own indices
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("clients", 0, "federated.clients=0: expected a whole number >= 1"),
+    ("fraction", 1.5, "federated.fraction=1.5: expected a number in (0, 1]"),
+    ("partition", "shards", "federated.partition='shards': expected iid | dirichlet"),
+    ("strategy", "fedmagic", "federated.strategy='fedmagic': not a Flower strategy; expected none or one of"),
+    ("rounds_", 2, "federated.rounds_: unknown key"),
+])
+def test_bad_federated_settings_name_the_key_and_what_was_expected(key, value, expected):
+    with pytest.raises(ValueError) as error:
+        settings(**{key: value})
+    assert expected in str(error.value)
+
+
+def test_strategies_are_flowers_own_classes():
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+    assert fed.strategy_class("fedavg") is FedAvg
+    assert fed.strategy_class("fedprox") is FedProx
+    assert fed.strategy_class("fedadam") is FedAdam
+
+
+def test_the_reason_of_a_failed_client_is_its_own_message():
+    text = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m\n"
+            "Exception ClientAppException occurred. Message: client 3, round 2: ValueError: bad batch'>")
+    assert fed._reason(text) == "client 3, round 2: ValueError: bad batch"
