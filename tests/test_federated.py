@@ -50,7 +50,10 @@ def test_one_client_one_round_trains_exactly_the_centralised_run(tmp_path):
 
 
 def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path):
+    """Bytes both ways per round = what the arm trains x clients; under Flower's central DP (same traffic),
+    which states epsilon at the configured delta."""
     args = ["run", "-m", "method=full,lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1",
+            "federated.dp.noise_multiplier=1.0", "federated.dp.clipping_norm=0.5",
             "save_model=true", f"paths.models={tmp_path}/models", "sweep=bytes"]
     out = run_tunebench(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -65,6 +68,17 @@ def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path)
     rounds = by["lora"]["engine"]["federated"]["rounds_detail"]
     assert [(r["clients"], r["replies"], r["failures"]) for r in rounds] == [(2, 2, 0)]
     assert sum(c["examples"] for c in by["lora"]["engine"]["federated"]["clients_data"]) == 64
+    clients = [c["peak_memory_bytes"] for r in by["full"]["engine"]["federated"]["rounds_detail"] for c in r["clients_detail"]]
+    assert full["peak_memory_bytes"] == max(clients) and full["peak_memory_server_mb"] > 0
+    # epsilon of 1 Gaussian release at noise multiplier 1, client level, delta 1e-5 (dp_accounting directly)
+    import dp_accounting
+
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(1.0), 1)
+    for record in by.values():
+        privacy = record["engine"]["federated"]["privacy"]
+        assert privacy["releases"] == 1 and privacy["delta"] == 1e-5
+        assert record["metrics"]["dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-6)
 
 
 def test_a_client_that_raises_fails_the_cell_and_is_named(tmp_path):

@@ -22,7 +22,7 @@ def correct_string(acc: float, rng) -> str:
 
 def write_run(sweep, method, seed, acc, *, lr=1e-3, val=None, trainable=100_000, memory=500.0, seconds=50.0,
               status="ok", refine="none", task="rt", correct=None, rng=None, model="m", train_size=None,
-              refine_cfg=None):
+              refine_cfg=None, comm=None):
     rng = rng or np.random.default_rng(seed)
     config = {"method": {"name": method, "lr": lr}, "seed": seed, "refine": refine_cfg or refine, "task": task,
               "model": {"name": model}, "data": {"train_size": train_size}}
@@ -34,6 +34,8 @@ def write_run(sweep, method, seed, acc, *, lr=1e-3, val=None, trainable=100_000,
                              "test_correct": correct if correct is not None else correct_string(acc, rng)}
         record["cost"] = {"params_trainable": trainable, "params_total": 22_000_000, "trainable_pct": 100 * trainable / 22e6,
                           "peak_memory_mb": memory, "train_seconds": seconds}
+        if comm is not None:  # a federated run: bytes sent both ways
+            record["cost"].update(comm_bytes_total=comm, comm_bytes_per_client_round=comm // 8, peak_memory_server_mb=2 * memory)
     else:
         record["error"] = {"type": "RuntimeError", "message": f"boom ({status})", "traceback": "..."}
     rec.write_atomic(rec.record_path(sweep, rid), record)
@@ -322,3 +324,23 @@ def test_a_reference_that_did_not_learn_makes_the_accuracy_part_inconclusive(tmp
             rec.write_atomic(path, record)
     acc = parts_of(run_check(sweep), "lora")["accuracy"]
     assert acc["verdict"] == "inconclusive" and "not above the trivial baseline (50.0%)" in acc["note"]
+
+
+def test_federated_comparisons_get_a_communication_part_decided_by_the_bytes(tmp_path):
+    sweep = tmp_path / "runs" / "fed"
+    full_runs(sweep, [0.80, 0.82, 0.84], comm=8 * 91_000_000)
+    for seed, acc in enumerate([0.80, 0.82, 0.84]):
+        write_run(sweep, "lora", seed, acc, comm=8 * 300_000)
+        write_run(sweep, "prefix", seed, acc, trainable=150_000, comm=8 * 1_200_000)
+    comparisons = run_check(sweep, comm_ratio=0.01)
+    lora, prefix = parts_of(comparisons, "lora")["communication"], parts_of(comparisons, "prefix")["communication"]
+    assert lora["estimate"] == pytest.approx(300_000 / 91_000_000) and lora["verdict"] == "supported"
+    assert prefix["estimate"] == pytest.approx(1_200_000 / 91_000_000) and prefix["verdict"] == "refuted"
+    assert lora["p_value"] is None  # deterministic, not a test: Holm's count does not grow
+    central = tmp_path / "runs" / "central"
+    full_runs(central, [0.80, 0.82])
+    write_run(central, "lora", 0, 0.8)
+    write_run(central, "lora", 1, 0.8)
+    assert "communication" not in parts_of(run_check(central), "lora")  # no federated runs, no such part
+    table = pd.read_csv(write_report(sweep)["paths"]["csv"]).set_index("method")
+    assert table.loc["lora", "comm_mb"] == pytest.approx(8 * 300_000 / 2**20)

@@ -11,6 +11,8 @@ best mean validation lr when an lr grid was swept, paired by seed:
   2. trainable parameters <= `--params-ratio` (1%) of the reference's (deterministic).
   3. peak memory and 4. train time: geometric-mean ratio PEFT / full over paired seeds, t-interval on
      the log scale; supported if the whole CI is at or below the factor, refuted if it is above.
+  5. federated comparisons: bytes sent both ways over all rounds <= `--comm-ratio` (1%) of the
+     reference's (deterministic: fixed by the model, the sampled clients and the rounds).
 Every test's p-value is adjusted over all the tests in the output (`--adjust`, Holm by default); the
 adjusted verdict is the one to quote, the unadjusted one is shown beside it. Runs that do not count
 (failed, diverged, awaiting labels, no seed to pair with) are listed under their arm; an arm without
@@ -183,6 +185,21 @@ def _no_data(reason: str) -> list[Part]:
     return [Part("all", None, None, None, "-", NO_DATA, reason)]
 
 
+def communication_part(peft: pd.DataFrame, full: pd.DataFrame, max_ratio: float) -> Part | None:
+    """Federated comparisons: bytes sent both ways over all rounds, PEFT / full. Fixed by the model, the
+    clients sampled and the rounds, so the same for every seed: a deterministic check (like trainable params)."""
+    if "comm_bytes_total" not in peft or peft.comm_bytes_total.isna().all() or full.comm_bytes_total.isna().all():
+        return None
+    name, threshold = "communication (PEFT / full)", f"ratio <= {max_ratio:g}"
+    p, f = peft.comm_bytes_total.to_numpy(dtype=float), full.comm_bytes_total.to_numpy(dtype=float)
+    ratios = p / f
+    if not np.all(np.isfinite(ratios)) or not np.allclose(ratios, ratios[0], rtol=1e-9):
+        return ratio_part(name, "comm_bytes_total", peft, full, max_ratio)  # e.g. rounds that lost clients
+    ratio = float(ratios[0])
+    return Part(name, ratio, None, None, threshold, "supported" if ratio <= max_ratio else "refuted",
+                f"{p[0]:,.0f} vs {f[0]:,.0f} bytes sent both ways over all rounds (every seed)")
+
+
 def _setting(config: dict) -> dict:
     return {k: int(config[f"method.{k}"]) for k in ("ways", "shots") if config.get(f"method.{k}") is not None}
 
@@ -211,8 +228,9 @@ def compare_arm(group: pd.DataFrame, best: pd.DataFrame, arm: str, reference: st
         params_part(arm_ok, ref_ok, args.params_ratio),
         ratio_part("peak memory (PEFT / full)", "peak_memory_mb", p, f, args.memory_factor),
         ratio_part("train time (PEFT / full)", "train_seconds", p, f, args.time_factor),
+        communication_part(p, f, args.comm_ratio),
     ]
-    entry["parts"] = [asdict(x) for x in parts]
+    entry["parts"] = [asdict(x) for x in parts if x is not None]
     return entry
 
 
@@ -222,11 +240,12 @@ class Settings:
     params_ratio: float = 0.01
     memory_factor: float = 0.8
     time_factor: float = 0.8
+    comm_ratio: float = 0.01
 
 
 def check(frame: pd.DataFrame, margin: float = 1.0, params_ratio: float = 0.01, memory_factor: float = 0.8,
-          time_factor: float = 0.8, adjust_method: str = "holm") -> list[dict]:
-    args = Settings(margin, params_ratio, memory_factor, time_factor)
+          time_factor: float = 0.8, adjust_method: str = "holm", comm_ratio: float = 0.01) -> list[dict]:
+    args = Settings(margin, params_ratio, memory_factor, time_factor, comm_ratio)
     scored = frame[(frame.status == "ok") & frame.test_acc.notna()]
     best = best_lr_runs(scored)
     comparisons = []
@@ -301,12 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params-ratio", type=float, default=0.01, help="max trainable-params ratio (default 0.01)")
     parser.add_argument("--memory-factor", type=float, default=0.8, help="max peak-memory ratio PEFT/full (default 0.8)")
     parser.add_argument("--time-factor", type=float, default=0.8, help="max train-time ratio PEFT/full (default 0.8)")
+    parser.add_argument("--comm-ratio", type=float, default=0.01,
+                        help="federated sweeps: max ratio of bytes sent PEFT/full over all rounds (default 0.01)")
     parser.add_argument("--adjust", choices=ADJUSTMENTS, default="holm",
                         help="multiplicity adjustment over every test in the output (default holm)")
     parser.add_argument("--out", type=Path, default=None, help="results root for tables/ (default: two levels above SWEEP_DIR)")
     args = parser.parse_args(argv)
     for flag, value in (("--margin", args.margin), ("--params-ratio", args.params_ratio),
-                        ("--memory-factor", args.memory_factor), ("--time-factor", args.time_factor)):
+                        ("--memory-factor", args.memory_factor), ("--time-factor", args.time_factor),
+                        ("--comm-ratio", args.comm_ratio)):
         if not value > 0:
             parser.error(f"{flag} {value:g}: expected a positive number")
     try:
@@ -314,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"tunebench claim: {e}")
         return 2
-    comparisons = check(frame, args.margin, args.params_ratio, args.memory_factor, args.time_factor, args.adjust)
+    comparisons = check(frame, args.margin, args.params_ratio, args.memory_factor, args.time_factor, args.adjust,
+                        comm_ratio=args.comm_ratio)
     if not comparisons:
         print(f"tunebench claim: no PEFT arm (a method compared with {REFERENCE} or its method.claim_reference) in {args.sweep_dir}")
         return 2

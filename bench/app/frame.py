@@ -25,7 +25,9 @@ FEWSHOT_KEYS = ["meta_test_acc", "meta_test_ci95_low", "meta_test_ci95_high", "m
 COST_KEYS = [
     "params_trainable", "params_trainable_excl_head", "params_total", "trainable_pct", "training_state_bytes",
     "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes", "device_seconds",
-]  # multi-process runs: peak memory and training-state bytes are per device (the largest rank's)
+    "comm_bytes_total", "comm_bytes_per_client_round", "peak_memory_server_mb",
+]  # multi-process runs: peak memory and training-state bytes are per device (the largest rank's);
+# federated runs (bench/core/federated.py): the largest client's, plus the bytes sent both ways
 SETTING_KEYS = ["ways", "shots"]  # few-shot runs: N-way K-shot settings are never averaged together
 # Method knobs that set the problem both arms are run on rather than the arm itself (few-shot task
 # shape and meta-test set, continual streams): they belong to the comparison, not to the arm.

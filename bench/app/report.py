@@ -9,7 +9,9 @@ as do CLIP runs' zero-shot accuracy and image->text / text->image recall@1 and @
 when it has few-shot runs, rows are split by N-way K-shot setting and show the meta-test accuracy
 ± its 95% confidence interval over tasks (mean over seeds of the per-run interval half-widths) and the
 number of meta-test tasks. Runs of several processes (DDP / FSDP) add `ranks` and `device s` (training time
-summed over devices); their peak memory is per device (the largest rank's). In an lr grid (an arm at several lrs) the best validation accuracy, which
+summed over devices); their peak memory is per device (the largest rank's). Federated runs add the megabytes
+sent per client per round (one way) and in total (both ways, all rounds), and the server's peak memory
+(their `peak mem MB` is the largest client's). In an lr grid (an arm at several lrs) the best validation accuracy, which
 chooses the lr, gets a column beside test accuracy.
 """
 from __future__ import annotations
@@ -64,6 +66,10 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     if "ranks" in frame and (frame["ranks"] > 1).any():  # multi-process runs: how many devices, and device-seconds
         table["ranks"] = ok_groups["ranks"].max()
         table["device_s"] = ok_groups["device_seconds"].mean()
+    if "comm_bytes_total" in frame and frame["comm_bytes_total"].notna().any():  # federated: traffic both ways
+        table["comm_mb"] = ok_groups["comm_bytes_total"].mean() / 2**20
+        table["comm_client_round_mb"] = ok_groups["comm_bytes_per_client_round"].mean() / 2**20
+        table["server_peak_mb"] = ok_groups["peak_memory_server_mb"].mean()
     return table.reset_index()
 
 
@@ -113,6 +119,10 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     if "ranks" in table:
         out["ranks"] = table.ranks.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
         out["device s"] = table.device_s.map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+    if "comm_mb" in table:
+        out["sent MB / client / round"] = table.comm_client_round_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
+        out["sent MB total"] = table.comm_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.4g}")
+        out["server peak MB"] = table.server_peak_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
     return out
 
 

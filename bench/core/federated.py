@@ -55,12 +55,17 @@ class FederatedSettings:
     local_steps: int = 10
     fraction: float = 1.0
     partition: str = "iid"
-    alpha: float = 1.0
+    alpha: float | None = None
     min_partition_size: int = 10
     strategy_args: dict = field(default_factory=dict)
     min_replies: float = 1.0
     client_cpus: float = 1.0
     timeout_s: float = 3600.0
+    dp: "PrivacySettings" = None  # set in __post_init__ when not given
+
+    def __post_init__(self):
+        if self.dp is None:
+            object.__setattr__(self, "dp", PrivacySettings())
 
     @property
     def enabled(self) -> bool:
@@ -76,12 +81,44 @@ class FederatedSettings:
             raise ValueError(f"federated.{unknown[0]}: unknown key; the federated keys are "
                              f"{', '.join(sorted(cls.__dataclass_fields__))}")
         settings = cls(**{k: _checked_setting(k, v) for k, v in values.items()})
+        if settings.partition == "dirichlet" and settings.alpha is None:
+            raise ValueError("federated.partition=dirichlet: federated.alpha must be a positive number (e.g. partition=dirichlet_1)")
         if settings.enabled:
             strategy_class(settings.strategy)  # an unknown strategy fails before any work
         return settings
 
     def describe(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: (getattr(self, k).__dict__ if k == "dp" else getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """`federated.dp`: Flower's central DP at the client level. noise_multiplier 0: off."""
+    noise_multiplier: float = 0.0
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0
+
+    @classmethod
+    def from_config(cls, values) -> "PrivacySettings":
+        if values is None:
+            return cls()
+        if not isinstance(values, dict):
+            raise ValueError(f"federated.dp={values!r}: expected a mapping with noise_multiplier, clipping_norm, delta")
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"federated.dp.{unknown[0]}: unknown key; expected noise_multiplier, clipping_norm, delta")
+        for key, value in values.items():
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (
+                value >= 0 if key == "noise_multiplier" else 0 < value < 1 if key == "delta" else value > 0)
+            if not ok:
+                expected = {"noise_multiplier": "a number >= 0 (0: no DP)", "delta": "a number in (0, 1)",
+                            "clipping_norm": "a positive number"}[key]
+                raise ValueError(f"federated.dp.{key}={value!r}: expected {expected}")
+        return cls(**{k: float(v) for k, v in values.items()})
 
 
 def _checked_setting(key: str, value):
@@ -100,6 +137,8 @@ def _checked_setting(key: str, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             fail("a number in (0, 1]")
         return float(value)
+    if key == "alpha" and value is None:
+        return None  # iid: no concentration
     if key in ("alpha", "client_cpus", "timeout_s"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             fail("a positive number")
@@ -112,6 +151,8 @@ def _checked_setting(key: str, value):
         if not isinstance(value, str) or not value:
             fail("none or a strategy of flwr.serverapp.strategy (fedavg, fedprox, fedadam, ...)")
         return value.lower()
+    if key == "dp":
+        return PrivacySettings.from_config(value)
     if key == "strategy_args":
         if value is None:
             return {}
@@ -327,7 +368,7 @@ def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state
         meter.stop()
     cost = meter.summary()
     state = exchanged_state(net)
-    metrics = {"num-examples": int(len(plan.parts[partition_id])), "partition-id": int(partition_id),
+    metrics = {"num-examples": int(len(plan.parts[partition_id])), UNIFORM_WEIGHT: 1.0, "partition-id": int(partition_id),
                "train_seconds": float(cost["train_seconds"]), "train_samples": int(cost["train_samples"]),
                "peak_memory_bytes": int(cost.get("peak_memory_bytes") or 0),
                "training_state_bytes": int(cost.get("training_state_bytes") or 0)}
@@ -364,57 +405,86 @@ class Ledger:
     curve: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"acc": None, "round": 0, "state": None})
     failure: str | None = None
+    privacy: dict | None = None
 
 
 class RoundFailed(RuntimeError):
     pass
 
 
-def counted(strategy_cls, settings: FederatedSettings, ledger: Ledger):
-    """The Flower strategy, counting bytes each way and refusing a round with too few replies."""
+class CountingGrid:
+    """Flower's Grid as the strategy sees it, counting what each training round sends and receives, and
+    refusing a round with too few replies. Counting at the transport leaves the strategy Flower's own (its
+    DP wrappers accept only FedAvg's aggregation, unmodified)."""
 
-    class Counted(strategy_cls):
-        def configure_train(self, server_round, arrays, config, grid):
-            messages = list(super().configure_train(server_round, arrays, config, grid))
-            sent = tensor_bytes(arrays.to_torch_state_dict())
-            ledger.rounds.append({"round": server_round, "clients": len(messages), "bytes_down": sent * len(messages),
-                                  "serialized_bytes_down": arrays.count_bytes() * len(messages)})
-            return messages
+    def __init__(self, grid, settings: FederatedSettings, ledger: Ledger):
+        self.grid, self.settings, self.ledger = grid, settings, ledger
 
-        def aggregate_train(self, server_round, replies):
-            replies = list(replies)
-            ok = sorted((m for m in replies if not m.has_error()),
-                        key=lambda m: int(m.content["metrics"]["partition-id"]))  # a fixed order: sums are reproducible
-            errors = [_reason(m.error.reason) for m in replies if m.has_error()]
-            entry = ledger.rounds[-1]
-            entry.update(replies=len(ok), failures=len(errors),
-                         bytes_up=sum(tensor_bytes(m.content["arrays"].to_torch_state_dict()) for m in ok),
-                         serialized_bytes_up=sum(m.content["arrays"].count_bytes() for m in ok),
-                         clients_detail=[dict(m.content["metrics"]) for m in ok])
-            wanted = math.ceil(settings.min_replies * entry["clients"] - 1e-9)
-            if len(ok) < wanted:
-                lost = entry["clients"] - len(replies)
-                ledger.failure = (f"federated round {server_round}: {len(ok)} of {entry['clients']} sampled clients replied "
-                                  f"with weights, {wanted} needed (federated.min_replies={settings.min_replies})"
-                                  + (f"; {len(errors)} failed: " + "; ".join(errors) if errors else "")
-                                  + (f"; {lost} gave no reply within {settings.timeout_s:g} s" if lost else ""))
-                raise RoundFailed(ledger.failure)
-            return super().aggregate_train(server_round, ok)
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
 
-    Counted.__name__ = strategy_cls.__name__
-    return Counted
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import MessageType
+
+        messages = list(messages)
+        if not messages or messages[0].metadata.message_type != MessageType.TRAIN:
+            return self.grid.send_and_receive(messages, timeout=timeout)
+        down = [m.content["arrays"] for m in messages]
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        ok = sorted((m for m in replies if not m.has_error()),
+                    key=lambda m: int(m.content["metrics"]["partition-id"]))  # a fixed order: sums are reproducible
+        errors = [_reason(m.error.reason) for m in replies if m.has_error()]
+        entry = {"round": len(self.ledger.rounds) + 1, "clients": len(messages), "replies": len(ok), "failures": len(errors),
+                 "bytes_down": sum(tensor_bytes(a.to_torch_state_dict()) for a in down),
+                 "serialized_bytes_down": sum(a.count_bytes() for a in down),
+                 "bytes_up": sum(tensor_bytes(m.content["arrays"].to_torch_state_dict()) for m in ok),
+                 "serialized_bytes_up": sum(m.content["arrays"].count_bytes() for m in ok),
+                 "clients_detail": [dict(m.content["metrics"]) for m in ok]}
+        self.ledger.rounds.append(entry)
+        wanted = math.ceil(self.settings.min_replies * len(messages) - 1e-9)
+        if len(ok) < wanted:
+            lost = len(messages) - len(replies)
+            self.ledger.failure = (
+                f"federated round {entry['round']}: {len(ok)} of {len(messages)} sampled clients replied with weights, "
+                f"{wanted} needed (federated.min_replies={self.settings.min_replies})"
+                + (f"; {len(errors)} failed: " + "; ".join(errors) if errors else "")
+                + (f"; {lost} gave no reply within {self.settings.timeout_s:g} s" if lost else ""))
+            raise RoundFailed(self.ledger.failure)
+        return [*ok, *(m for m in replies if m.has_error())]
 
 
-def build_strategy(settings: FederatedSettings, ledger: Ledger):
-    cls = counted(strategy_class(settings.strategy), settings, ledger)
+UNIFORM_WEIGHT = "uniform-weight"  # every client's reply carries 1.0 under it: DP-FedAvg averages clients uniformly
+
+
+def build_strategy(settings: FederatedSettings):
+    """The Flower strategy, wrapped in Flower's central DP (server-side fixed clipping, RDP accounting) when
+    federated.dp.noise_multiplier > 0."""
     sampled = max(1, int(settings.clients * settings.fraction))
     args = {"fraction_train": settings.fraction, "fraction_evaluate": 0.0, "min_train_nodes": sampled,
             "min_evaluate_nodes": 0, "min_available_nodes": settings.clients, **settings.strategy_args}
+    if settings.dp.enabled:
+        args.setdefault("weighted_by_key", UNIFORM_WEIGHT)
     try:
-        return cls(**args)
+        strategy = strategy_class(settings.strategy)(**args)
     except TypeError as error:
         raise ValueError(f"federated.strategy_args={settings.strategy_args}: {settings.strategy} does not take them "
                          f"({error})") from None
+    if not settings.dp.enabled:
+        return strategy
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+    from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    # Client-level DP over the population of clients; no amplification by sampling (Flower's only accounted
+    # model for fixed clipping): an upper bound on epsilon.
+    accountant = RdpAccountant(PrivacyConfig(target_delta=settings.dp.delta, population_size=settings.clients,
+                                             neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                                             sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    try:
+        return DifferentialPrivacyServerSideFixedClipping(strategy, settings.dp.noise_multiplier, settings.dp.clipping_norm,
+                                                          sampled, accountant=accountant)
+    except ValueError as error:
+        raise ValueError(f"federated.dp with federated.strategy={settings.strategy}: {error}") from None
 
 
 def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evaluate: Callable[[int, dict], dict]):
@@ -425,7 +495,7 @@ def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evalu
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = build_strategy(settings, ledger)
+        strategy = build_strategy(settings)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord):
             if server_round == 0:
@@ -433,10 +503,16 @@ def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evalu
             return MetricRecord(evaluate(server_round, arrays.to_torch_state_dict()))
 
         try:
-            strategy.start(grid=grid, initial_arrays=ArrayRecord.from_torch_state_dict(initial),
+            strategy.start(grid=CountingGrid(grid, settings, ledger), initial_arrays=ArrayRecord.from_torch_state_dict(initial),
                            num_rounds=settings.rounds, timeout=settings.timeout_s, evaluate_fn=evaluate_fn)
         except Exception as error:  # noqa: BLE001 - the driver raises it after the simulation ends
             ledger.failure = ledger.failure or f"federated server: {type(error).__name__}: {error}"
+            return
+        spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
+        if spent is not None:
+            ledger.privacy = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
+                              "accounting": f"{spent.accounting_method}, client level, no amplification by sampling",
+                              "noise_multiplier": settings.dp.noise_multiplier, "clipping_norm": settings.dp.clipping_norm}
 
     return app
 
@@ -508,11 +584,15 @@ def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_
                    rounds=settings.rounds, steps=settings.rounds * settings.local_steps)
     federated = {**settings.describe(), "clients_data": label_counts(federation.labels, parts),
                  "rounds_detail": ledger.rounds}
+    if ledger.privacy:
+        federated["privacy"] = ledger.privacy
+        metrics.update(dp_epsilon=ledger.privacy["epsilon"], dp_delta=ledger.privacy["delta"])
     return Result(metrics, ledger.curve, 0, {"federated": federated})
 
 
 def _charge(meter: CostMeter, ledger: Ledger, wall: float) -> None:
-    """The clients' costs and the traffic into the run's meter. Per-device numbers are the largest client's;
+    """The clients' costs and the traffic into the run's meter. Per-device numbers are the largest client's
+    (the server's own peak is kept beside them: it holds a copy of the exchanged state per sampled client);
     train time is each round's slowest client, summed (clients of a round train in parallel on their own
     devices); device_seconds sums every client's training."""
     detail = [c for r in ledger.rounds for c in r.get("clients_detail", [])]

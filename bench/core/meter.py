@@ -178,8 +178,9 @@ class CostMeter:
         self._peak_bytes = max(0, peak - self._baseline)
 
     def add_device_peak(self, peak_bytes: int) -> None:
-        """The peak of another process that trained for this run (a federated client): the run's peak is the
-        largest of its devices' (`peak_memory_own_bytes` keeps this process's)."""
+        """The peak of another process that trained for this run (a federated client). The run's peak is then
+        the largest training device's, comparable with a one-process run; this process only coordinated
+        (a federated server) and its own peak is kept as `peak_memory_server_bytes`."""
         self._device_peaks.append(int(peak_bytes))
 
     # -- time and throughput -------------------------------------------------------------------
@@ -239,8 +240,9 @@ class CostMeter:
         if self._peak_bytes is not None:
             out["peak_memory_bytes"] = self._peak_bytes
             if self._device_peaks:
-                out["peak_memory_own_bytes"] = self._peak_bytes
-                out["peak_memory_bytes"] = max(self._peak_bytes, *self._device_peaks)
+                out["peak_memory_server_bytes"] = self._peak_bytes
+                out["peak_memory_server_mb"] = round(self._peak_bytes / 2**20, 2)
+                out["peak_memory_bytes"] = max(self._device_peaks)
             out["peak_memory_mb"] = round(out["peak_memory_bytes"] / 2**20, 2)
         return out
 
