@@ -202,14 +202,14 @@ class SequenceClassifierMethod:
         )
         return Result(result, outcome.curve, outcome.resumed_from_step, engine.prepared)
 
-    def fit_federated(self, run: RunContext, settings, make_client_net) -> Result:
+    def fit_federated(self, run: RunContext, settings, make_client_net, refinement=None) -> Result:
         """The same training split across Flower clients (tunebench.core.federated); the server scores rounds."""
         from tunebench.core import federated
 
         if run.task.modality not in ("text", "image"):
             raise ValueError(f"federated.strategy={settings.strategy}: method={self.name} trains a federated "
                              f"classifier on text or image tasks; this task's modality is '{run.task.modality}'")
-        result = federated.fit_evaluate(ClassifierFederation(self.name, run), run, settings, make_client_net)
+        result = federated.fit_evaluate(ClassifierFederation(self.name, run), run, settings, make_client_net, refinement)
         self._measure_saved(run.model.net, run.meter)
         return result
 
@@ -231,15 +231,17 @@ class ClassifierFederation:
 
     def __init__(self, name: str, run: RunContext):
         self.name, self.codec = name, make_codec(run.model, run.task)
-        self.train, self.val, self.test = (self.codec.encode(s) for s in (run.task.train, run.task.validation, run.task.test))
-        self.labels = self.train.labels
+        self.train_split = run.task.train  # partitioned; each client encodes its own share
+        self.val, self.test = self.codec.encode(run.task.validation), self.codec.encode(run.task.test)
         self.weight_decay, self.warmup_ratio = float(run.method.weight_decay), float(run.method.warmup_ratio)
         self.eval_batch_size = run.train.eval_batch_size
         self.majority_baseline = run.task.majority_baseline()
 
-    def local_job(self, net, batches, optimizer, scheduler) -> ClassifierJob:
-        return ClassifierJob(self.name, net, self.codec, self.train, self.val, batches, optimizer, scheduler,
-                             self.eval_batch_size)
+    def encode(self, split):
+        return self.codec.encode(split)
+
+    def local_job(self, net, data, batches, optimizer, scheduler) -> ClassifierJob:
+        return ClassifierJob(self.name, net, self.codec, data, self.val, batches, optimizer, scheduler, self.eval_batch_size)
 
     def validate(self, net) -> dict:
         preds = predict(net, self.codec, self.val, self.eval_batch_size)

@@ -50,10 +50,12 @@ def test_one_client_one_round_trains_exactly_the_centralised_run(tmp_path):
 
 
 def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path):
-    """Bytes both ways per round = what the arm trains x clients; under Flower's central DP (same traffic),
-    which states epsilon at the configured delta."""
+    """Bytes both ways per round = what the arm trains x clients. The same runs check two things that leave
+    the traffic unchanged: Flower's central DP states epsilon at the configured delta, and each client
+    refines its own share (WordNet variants) and reports counts, not its sentences."""
     args = ["run", "-m", "method=full,lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1",
             "federated.dp.noise_multiplier=1.0", "federated.dp.clipping_norm=0.5",
+            "refine=augmented", "refine.augmented.augmenter=wordnet", "refine.augmented.filter=false",
             "save_model=true", f"paths.models={tmp_path}/models", "sweep=bytes"]
     out = run_tunebench(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -70,6 +72,14 @@ def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path)
     assert sum(c["examples"] for c in by["lora"]["engine"]["federated"]["clients_data"]) == 64
     clients = [c["peak_memory_bytes"] for r in by["full"]["engine"]["federated"]["rounds_detail"] for c in r["clients_detail"]]
     assert full["peak_memory_bytes"] == max(clients) and full["peak_memory_server_mb"] > 0
+    shares = [c["examples"] for c in by["lora"]["engine"]["federated"]["clients_data"]]
+    [refined] = by["lora"]["refinements"]
+    assert refined["at"] == "clients" and len(refined["clients"]) == 2
+    for share, [report] in zip(shares, refined["clients"]):
+        assert report["name"] == "augmented" and report["augmented_examples"] == share and "examples" in report["withheld"]
+        assert share // 2 < report["kept"] <= share  # one variant per sentence, less those WordNet left unchanged
+    trained_on = {c["partition-id"]: c["num-examples"] for c in rounds[0]["clients_detail"]}
+    assert trained_on == {k: shares[k] + refined["clients"][k][0]["kept"] for k in (0, 1)}  # the refined share
     # epsilon of 1 Gaussian release at noise multiplier 1, client level, delta 1e-5 (dp_accounting directly)
     import dp_accounting
 
@@ -153,3 +163,11 @@ def test_the_reason_of_a_failed_client_is_its_own_message():
     text = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m\n"
             "Exception ClientAppException occurred. Message: client 3, round 2: ValueError: bad batch'>")
     assert fed._reason(text) == "client 3, round 2: ValueError: bad batch"
+
+
+def test_a_client_reports_its_refinement_in_counts_and_withholds_its_examples():
+    report = {"name": "validated", "flagged": 3, "per_class": {"0": 1, "1": 2}, "kept_per_class": [5, 6],
+              "examples": [["a sentence", "its variant"]], "issues": [{"row": 4, "text": "a sentence"}]}
+    told = fed.counts_only(report)
+    assert told == {"name": "validated", "flagged": 3, "per_class": {"0": 1, "1": 2}, "kept_per_class": [5, 6],
+                    "withheld": ["examples", "issues"]}

@@ -79,7 +79,11 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
                              f"data={cfg.data.name} has modality '{task.modality}'")
         record["cell"] = cell_of(cfg, task, chain_name(cfg.refine), train)  # before refining: a stopped or failed refinement still names its cell
         _check_refinements_are_read(method, cfg)
-        task, init, record["refinements"] = apply_chain(task, cfg.refine, refine_ctx)
+        at_clients = federated.enabled and federated.refine_at == "clients" and chain_name(cfg.refine) != "none"
+        if at_clients:  # each client refines its own share (the server never pools the raw split)
+            init, record["refinements"] = None, []
+        else:
+            task, init, record["refinements"] = apply_chain(task, cfg.refine, refine_ctx)
         record["task"] = task.summary()
         prepare_packaged(cfg.model, refine_ctx.cache_dir)  # a one-off conversion (SmolLM2) is not the run's cost
     device = _device(cfg)
@@ -100,7 +104,14 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
                          cache_dir=refine_ctx.cache_dir, checkpoint=checkpoint, log_metrics=log_metrics,
                          load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
         if federated.enabled:
-            result = _fit_federated(method, run, federated, _client_net_builder(cfg, method, task, init, refine_ctx.cache_dir, device))
+            from tunebench.core.federated import ClientRefinement
+
+            refinement = ClientRefinement(cfg.refine, refine_ctx, task) if at_clients else None
+            result = _fit_federated(method, run, federated, _client_net_builder(cfg, method, task, init, refine_ctx.cache_dir, device),
+                                    refinement)
+            if at_clients:
+                record["refinements"] = [{"name": chain_name(cfg.refine), "at": "clients",
+                                          "clients": result.engine["federated"]["client_refinements"]}]
         else:
             result = method.fit_evaluate(run)
         if cfg.get("save_model"):
@@ -115,7 +126,7 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
         record["cost"] = combine_ranks(dp.gather_objects(record["cost"]))
 
 
-def _fit_federated(method, run: RunContext, federated: FederatedSettings, make_net) -> "Result":
+def _fit_federated(method, run: RunContext, federated: FederatedSettings, make_net, refinement) -> Result:
     """The cell trained by Flower clients (tunebench.core.federated), for a method family that has that path."""
     fit = getattr(method, "fit_federated", None)
     if fit is None or run.task.modality == "generation":
@@ -125,7 +136,7 @@ def _fit_federated(method, run: RunContext, federated: FederatedSettings, make_n
     if dp.current().active:
         raise ValueError(f"federated.strategy={federated.strategy} with {dp.current().world} processes: a federated cell "
                          f"runs its clients as Flower simulation actors in one launch; use train.processes=1")
-    return fit(run, federated, make_net)
+    return fit(run, federated, make_net, refinement)
 
 
 def _client_net_builder(cfg, method, task, init, cache_dir, device):

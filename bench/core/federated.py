@@ -20,6 +20,7 @@ module only wires a family's training into it and measures what Flower does not:
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ class FederatedSettings:
     min_replies: float = 1.0
     client_cpus: float = 1.0
     timeout_s: float = 3600.0
+    refine_at: str = "clients"
     dp: "PrivacySettings" = None  # set in __post_init__ when not given
 
     def __post_init__(self):
@@ -143,6 +145,10 @@ def _checked_setting(key: str, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             fail("a positive number")
         return float(value)
+    if key == "refine_at":
+        if value not in ("clients", "server"):
+            fail("clients (each client refines its own partition) | server (the pooled split, before partitioning)")
+        return value
     if key == "partition":
         if value not in PARTITIONS:
             fail(" | ".join(PARTITIONS))
@@ -221,15 +227,19 @@ def client_batches(indices: np.ndarray, batch_size: int, round_: int, local_step
 class Federation:
     """A family's federated plug-in (built on the server from the run; pickled to the clients).
 
-    `labels` partition the training split; `local_job` is the family's TrainJob on a client's batches;
-    `validate` scores the global model on the validation split (`val_acc` selects the best round);
-    `finish` gives the run's metrics from the final global model (test split) and the best validation score."""
+    `train_split` is partitioned over the clients (by its labels); `encode` turns a client's (possibly
+    refined) share into what `local_job`, the family's TrainJob, trains on; `validate` scores the global
+    model on the validation split (`val_acc` selects the best round); `finish` gives the run's metrics from
+    the final global model (test split) and the best validation score."""
 
-    labels: np.ndarray
+    train_split: Any
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
 
-    def local_job(self, net, batches: list[np.ndarray], optimizer, scheduler) -> TrainJob:
+    def encode(self, split) -> Any:
+        raise NotImplementedError
+
+    def local_job(self, net, data, batches: list[np.ndarray], optimizer, scheduler) -> TrainJob:
         raise NotImplementedError
 
     def validate(self, net) -> dict:
@@ -237,6 +247,43 @@ class Federation:
 
     def finish(self, net, best_val: float | None) -> dict:
         raise NotImplementedError
+
+
+@dataclass
+class ClientRefinement:
+    """The run's refinement chain, applied by each client to its own share (federated.refine_at=clients)."""
+    chain: Any          # the `refine` config node
+    context: Any        # tunebench.datasets.refine.RefineContext
+    task: Any           # the run's task: a client's share replaces its training split
+
+    def apply(self, share) -> tuple[Any, list[dict]]:
+        from tunebench.datasets.refine import apply_chain
+
+        task, init, reports = apply_chain(self.task.with_train(share), self.chain, self.context)
+        if init is not None:
+            names = ", ".join(r["name"] for r in reports)
+            raise ValueError(f"refine={names} returns initial weights: at the clients each would start from its own; "
+                             f"run it with federated.refine_at=server")
+        return task.train, [counts_only(r) for r in reports]
+
+
+def counts_only(report: dict) -> dict:
+    """What a client tells the server about its refinement: numbers, names and settings, never its examples
+    (a report's sample sentences or flagged rows stay on the client; `withheld` names what was left out)."""
+    def plain(value) -> bool:
+        if isinstance(value, (bool, int, float)) or value is None:
+            return True
+        if isinstance(value, str):
+            return len(value) <= 200
+        if isinstance(value, (list, tuple)):
+            return all(isinstance(v, (bool, int, float)) for v in value)
+        if isinstance(value, dict):
+            return all(plain(v) and not isinstance(v, (list, dict)) for v in value.values())
+        return False
+
+    kept = {k: v for k, v in report.items() if plain(v)}
+    withheld = sorted(set(report) - set(kept))
+    return {**kept, **({"withheld": withheld} if withheld else {})}
 
 
 class ProximalJob(TrainJob):
@@ -294,10 +341,24 @@ class ClientPlan:
     seed: int
     start_rng: bytes
     make_net: Callable[[], torch.nn.Module]
+    refinement: ClientRefinement | None = None
     fail_client: int | None = None  # tests: this client raises (TUNEBENCH_FEDERATED_FAIL)
 
 
 _CLIENT_NET: dict = {}
+_CLIENT_DATA: dict = {}
+
+
+def _client_data(plan: ClientPlan, partition_id: int) -> tuple[Any, list[dict]]:
+    """A client's share of the training split, refined by the client itself where the run refines, encoded
+    (once per actor process and client)."""
+    if partition_id not in _CLIENT_DATA:
+        share = plan.federation.train_split.subset(plan.parts[partition_id])
+        reports = []
+        if plan.refinement is not None:
+            share, reports = plan.refinement.apply(share)
+        _CLIENT_DATA[partition_id] = (plan.federation.encode(share), reports)
+    return _CLIENT_DATA[partition_id]
 
 
 def _client_net(plan: ClientPlan) -> torch.nn.Module:
@@ -324,8 +385,9 @@ def _linear_schedule(optimizer, plan: ClientPlan, round_: int):
 
 
 def train_client(plan: ClientPlan, partition_id: int, round_: int, global_state: dict, rng: bytes | None,
-                 mu: float) -> tuple[dict, dict, bytes]:
-    """One client's local training in one round: (its trainable state, its metrics, its RNG state after)."""
+                 mu: float) -> tuple[dict, dict, list, bytes]:
+    """One client's local training in one round: (what it trained, its metrics, its refinement reports, its
+    RNG state after)."""
     try:
         return _train_client(plan, partition_id, round_, global_state, rng, mu)
     except Exception as error:  # named for the server's failure message (Flower passes the text on)
@@ -343,7 +405,7 @@ def _reason(text: str) -> str:
 
 
 def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state: dict, rng: bytes | None,
-                  mu: float) -> tuple[dict, dict, bytes]:
+                  mu: float) -> tuple[dict, dict, list, bytes]:
     if plan.fail_client == partition_id:
         raise RuntimeError("raised on purpose (TUNEBENCH_FEDERATED_FAIL)")
     net = _client_net(plan)
@@ -353,11 +415,12 @@ def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state
     with torch.no_grad():
         net.load_state_dict(global_state, strict=False)
     set_rng_state(pickle.loads(rng or plan.start_rng))
-    batches = client_batches(plan.parts[partition_id], plan.train.batch_size, round_, plan.settings.local_steps, plan.seed)
+    data, reports = _client_data(plan, partition_id)
+    batches = client_batches(np.arange(len(data)), plan.train.batch_size, round_, plan.settings.local_steps, plan.seed)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.federation.weight_decay)
     scheduler = _linear_schedule(optimizer, plan, round_)
-    job = plan.federation.local_job(net, batches, optimizer, scheduler)
+    job = plan.federation.local_job(net, data, batches, optimizer, scheduler)
     job.evaluates = False
     if mu > 0:
         job = ProximalJob(job, mu)
@@ -368,11 +431,11 @@ def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state
         meter.stop()
     cost = meter.summary()
     state = exchanged_state(net)
-    metrics = {"num-examples": int(len(plan.parts[partition_id])), UNIFORM_WEIGHT: 1.0, "partition-id": int(partition_id),
+    metrics = {"num-examples": int(len(data)), UNIFORM_WEIGHT: 1.0, "partition-id": int(partition_id),
                "train_seconds": float(cost["train_seconds"]), "train_samples": int(cost["train_samples"]),
                "peak_memory_bytes": int(cost.get("peak_memory_bytes") or 0),
                "training_state_bytes": int(cost.get("training_state_bytes") or 0)}
-    return state, metrics, pickle.dumps(rng_state())
+    return state, metrics, reports, pickle.dumps(rng_state())
 
 
 def client_app(plan: ClientPlan):
@@ -387,12 +450,13 @@ def client_app(plan: ClientPlan):
         partition_id = int(context.node_config["partition-id"])
         config = msg.content["config"]
         kept = context.state.config_records.get("tunebench")
-        state, metrics, rng = train_client(
+        state, metrics, reports, rng = train_client(
             plan, partition_id, int(config["server-round"]), msg.content["arrays"].to_torch_state_dict(),
             kept["rng"] if kept else None, float(config.get("proximal-mu", 0.0)))
         context.state["tunebench"] = ConfigRecord({"rng": rng})
-        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(state),
-                                   "metrics": MetricRecord(metrics)}), reply_to=msg)
+        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(state), "metrics": MetricRecord(metrics),
+                                   "client": ConfigRecord({"refinements": json.dumps(reports, default=str)})}),
+                       reply_to=msg)
 
     return app
 
@@ -406,6 +470,7 @@ class Ledger:
     best: dict = field(default_factory=lambda: {"acc": None, "round": 0, "state": None})
     failure: str | None = None
     privacy: dict | None = None
+    client_refinements: dict = field(default_factory=dict)
 
 
 class RoundFailed(RuntimeError):
@@ -441,6 +506,9 @@ class CountingGrid:
                  "serialized_bytes_up": sum(m.content["arrays"].count_bytes() for m in ok),
                  "clients_detail": [dict(m.content["metrics"]) for m in ok]}
         self.ledger.rounds.append(entry)
+        for m in ok:
+            self.ledger.client_refinements.setdefault(int(m.content["metrics"]["partition-id"]),
+                                                      json.loads(m.content["client"]["refinements"]))
         wanted = math.ceil(self.settings.min_replies * len(messages) - 1e-9)
         if len(ok) < wanted:
             lost = len(messages) - len(replies)
@@ -546,14 +614,17 @@ def simulate(plan: ClientPlan, net: torch.nn.Module, evaluate: Callable[[int, di
 
 
 # -- one federated cell -------------------------------------------------------------------------------
-def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_net: Callable[[], torch.nn.Module]):
-    """Train `run`'s model federatedly; the family's metrics, the round curve and the costs (into run.meter)."""
+def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_net: Callable[[], torch.nn.Module],
+                 refinement: ClientRefinement | None = None):
+    """Train `run`'s model federatedly; the family's metrics, the round curve and the costs (into run.meter).
+    `refinement`: the chain each client applies to its own share."""
     from tunebench.core.run_context import Result
 
     net, meter = run.model.net, run.meter
-    parts = partition(federation.labels, settings, run.seed)
+    labels = federation.train_split.y
+    parts = partition(labels, settings, run.seed)
     plan = ClientPlan(federation, parts, settings, run.train, run.lr, run.seed, pickle.dumps(rng_state()), make_net,
-                      fail_client=_fail_client())
+                      refinement, fail_client=_fail_client())
     ledger = Ledger()
 
     def evaluate(server_round: int, state: dict) -> dict:
@@ -582,8 +653,9 @@ def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_
         metrics = federation.finish(net, ledger.best["acc"])
     metrics.update(best_round=ledger.best["round"], best_step=ledger.best["round"] * settings.local_steps,
                    rounds=settings.rounds, steps=settings.rounds * settings.local_steps)
-    federated = {**settings.describe(), "clients_data": label_counts(federation.labels, parts),
-                 "rounds_detail": ledger.rounds}
+    federated = {**settings.describe(), "clients_data": label_counts(labels, parts), "rounds_detail": ledger.rounds}
+    if refinement is not None:
+        federated["client_refinements"] = [ledger.client_refinements.get(k, []) for k in range(settings.clients)]
     if ledger.privacy:
         federated["privacy"] = ledger.privacy
         metrics.update(dp_epsilon=ledger.privacy["epsilon"], dp_delta=ledger.privacy["delta"])
