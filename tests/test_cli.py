@@ -47,8 +47,10 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert ("method: adalora, cl_ewc, cl_joint, cl_lora, cl_lwf, cl_naive, cl_replay, "
             "clip_full, clip_lock_image, clip_lock_text, clip_lora, clip_probe, clip_wiseft, dora, fomaml, fs_finetune, "
             "fs_full, fs_lora, fs_probe, full, ia3, loha, lora, maml, oft, prefix, prompt, qlora, rslora, vera") in out.stdout
-    assert ("experiment: causal_lr_grid, causal_quick, clip_twemoji, continual, continual_text, fewshot_digits, fewshot_text, "
+    assert ("experiment: causal_lr_grid, causal_quick, clip_twemoji, continual, continual_text, federated_fashion, "
+            "federated_quick, federated_text, fewshot_digits, fewshot_text, "
             "lr_grid, paper_roberta, peft_method_comparison, quick, quick_peft, refine_fashion, refine_text") in out.stdout
+    assert "partition: dirichlet_0.1, dirichlet_1, iid" in out.stdout
     assert ("model: clip_effnet_minilm, efficientnet_lite0, hf, llama32_3b_config, minilm, roberta_base_random, small_cnn, "
             "smollm2") in out.stdout
 

@@ -171,3 +171,12 @@ def test_a_client_reports_its_refinement_in_counts_and_withholds_its_examples():
     told = fed.counts_only(report)
     assert told == {"name": "validated", "flagged": 3, "per_class": {"0": 1, "1": 2}, "kept_per_class": [5, 6],
                     "withheld": ["examples", "issues"]}
+
+
+def test_clients_ask_ray_for_this_process_cpus_and_refuse_gpus_it_does_not_have():
+    import os
+
+    cpus, gpus, per_client = fed._resources(settings(), "cpu")
+    assert (cpus, gpus, per_client) == (len(os.sched_getaffinity(0)), 0, 0.0)
+    with pytest.raises(ValueError, match="client_gpus=1: this process sees 0 GPU"):
+        fed._resources(settings(client_gpus=1), "cpu")

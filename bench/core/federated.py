@@ -61,6 +61,7 @@ class FederatedSettings:
     strategy_args: dict = field(default_factory=dict)
     min_replies: float = 1.0
     client_cpus: float = 1.0
+    client_gpus: Any = "auto"
     timeout_s: float = 3600.0
     refine_at: str = "clients"
     dp: "PrivacySettings" = None  # set in __post_init__ when not given
@@ -144,6 +145,12 @@ def _checked_setting(key: str, value):
     if key in ("alpha", "client_cpus", "timeout_s"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             fail("a positive number")
+        return float(value)
+    if key == "client_gpus":
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            fail("auto (one GPU per client when the run is on CUDA) or a number >= 0 (a fraction shares a GPU)")
         return float(value)
     if key == "refine_at":
         if value not in ("clients", "server"):
@@ -585,6 +592,21 @@ def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evalu
     return app
 
 
+def _resources(settings: FederatedSettings, device: str) -> tuple[int, int, float]:
+    """(CPUs, GPUs) Ray may use, and the GPUs each client actor takes. CPUs are this process's own (a SLURM
+    job's allocation, not the node's); clients of a CUDA run need a GPU share (Ray hides GPUs from actors
+    that ask for none)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    client_gpus = (1.0 if gpus else 0.0) if settings.client_gpus == "auto" else settings.client_gpus
+    if device == "cuda" and not client_gpus:
+        raise ValueError("federated.client_gpus=0 with the run on CUDA: the clients would see no GPU; use auto or a "
+                         "share such as 0.5 (two clients per GPU)")
+    if client_gpus and client_gpus > gpus:
+        raise ValueError(f"federated.client_gpus={client_gpus:g}: this process sees {gpus} GPU(s)")
+    return max(1, cpus), gpus, float(client_gpus)
+
+
 def _ray_dir() -> Path:
     """A short private folder for Ray's session files (its socket paths must stay under ~107 bytes)."""
     return Path(tempfile.mkdtemp(prefix="tb-ray-"))
@@ -598,11 +620,12 @@ def simulate(plan: ClientPlan, net: torch.nn.Module, evaluate: Callable[[int, di
     logging.getLogger("flwr").setLevel(logging.WARNING)  # the rounds are logged here; Flower's summary repeats them
 
     settings = plan.settings
-    ray_dir = _ray_dir()
-    cpus = max(1, os.cpu_count() or 1)
-    backend = {"client_resources": {"num_cpus": min(settings.client_cpus, cpus), "num_gpus": 0.0},
-               "init_args": {"num_cpus": cpus, "include_dashboard": False, "_temp_dir": str(ray_dir),
+    cpus, gpus, client_gpus = _resources(settings, next(net.parameters()).device.type)
+    backend = {"client_resources": {"num_cpus": min(settings.client_cpus, cpus), "num_gpus": client_gpus},
+               "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False,
                              "object_store_memory": 100 * 2**20, "log_to_driver": False}}
+    ray_dir = _ray_dir()
+    backend["init_args"]["_temp_dir"] = str(ray_dir)
     try:
         run_simulation(server_app=server_app(settings, ledger, exchanged_state(net), evaluate),
                        client_app=client_app(plan), num_supernodes=settings.clients, backend_config=backend)
