@@ -124,63 +124,58 @@ class PrivacySettings:
         return cls(**{k: float(v) for k, v in values.items()})
 
 
-def _checked_setting(key: str, value):
-    def fail(expected: str):
-        raise ValueError(f"federated.{key}={value!r}: expected {expected}")
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
-    if key in ("clients", "rounds", "local_steps"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            fail("a whole number >= 1")
-        return value
-    if key == "min_partition_size":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            fail("a whole number >= 1")
-        return value
-    if key in ("fraction", "min_replies"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            fail("a number in (0, 1]")
-        return float(value)
-    if key == "alpha" and value is None:
-        return None  # iid: no concentration
-    if key in ("alpha", "client_cpus", "timeout_s"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            fail("a positive number")
-        return float(value)
-    if key == "client_gpus":
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            fail("auto (one GPU per client when the run is on CUDA) or a number >= 0 (a fraction shares a GPU)")
-        return float(value)
-    if key == "refine_at":
-        if value not in ("clients", "server"):
-            fail("clients (each client refines its own partition) | server (the pooled split, before partitioning)")
-        return value
-    if key == "partition":
-        if value not in PARTITIONS:
-            fail(" | ".join(PARTITIONS))
-        return value
-    if key == "strategy":
-        if not isinstance(value, str) or not value:
-            fail("none or a strategy of flwr.serverapp.strategy (fedavg, fedprox, fedadam, ...)")
-        return value.lower()
+
+def _whole(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+# key: (is the value fine?, what was expected); `dp` and `strategy_args` are nodes of their own (below).
+_CHECKS = {
+    "strategy": (lambda v: isinstance(v, str) and bool(v), "none or a strategy of flwr.serverapp.strategy (fedavg, fedprox, ...)"),
+    "clients": (_whole, "a whole number >= 1"),
+    "rounds": (_whole, "a whole number >= 1"),
+    "local_steps": (_whole, "a whole number >= 1"),
+    "min_partition_size": (_whole, "a whole number >= 1"),
+    "fraction": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "min_replies": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "partition": (lambda v: v in PARTITIONS, " | ".join(PARTITIONS)),
+    "alpha": (lambda v: v is None or _number(v) and v > 0, "a positive number (the Dirichlet concentration) or null"),
+    "client_cpus": (lambda v: _number(v) and v > 0, "a positive number"),
+    "client_gpus": (lambda v: v == "auto" or _number(v) and v >= 0,
+                    "auto (one GPU per client when the run is on CUDA) or a number >= 0 (a fraction shares a GPU)"),
+    "timeout_s": (lambda v: _number(v) and v > 0, "a positive number"),
+    "refine_at": (lambda v: v in ("clients", "server"),
+                  "clients (each client refines its own partition) | server (the pooled split, before partitioning)"),
+}
+
+
+def _checked_setting(key: str, value):
+    """One `federated.<key>` value, converted, or a ValueError that names the key and what it expects."""
     if key == "dp":
         return PrivacySettings.from_config(value)
     if key == "strategy_args":
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            fail("a mapping of keyword arguments for the Flower strategy")
-        return dict(value)
-    return value
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"federated.strategy_args={value!r}: expected a mapping of keyword arguments for the Flower strategy")
+        return dict(value or {})
+    fine, expected = _CHECKS[key]
+    if not fine(value):
+        raise ValueError(f"federated.{key}={value!r}: expected {expected}")
+    if key == "strategy":
+        return value.lower()
+    return float(value) if isinstance(value, float) or key in ("fraction", "min_replies", "client_cpus", "timeout_s") else value
 
 
 def strategy_class(name: str):
     """The Flower strategy class called `name` (case-insensitive)."""
     from flwr.serverapp import strategy as strategies
 
+    # Not offered: the DP wrappers (federated.dp wraps a strategy in one) and the XGBoost-tree strategies.
     known = {n.lower(): n for n in dir(strategies) if isinstance(getattr(strategies, n), type)
-             and issubclass(getattr(strategies, n), strategies.Strategy) and n != "Strategy"}
+             and issubclass(getattr(strategies, n), strategies.Strategy) and n != "Strategy"
+             and not n.startswith(("DifferentialPrivacy", "FedXgb"))}
     if name not in known:
         raise ValueError(f"federated.strategy={name!r}: not a Flower strategy; expected none or one of "
                          f"{', '.join(sorted(known))}")
