@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,10 +152,13 @@ def cell_benchmark(pairs: int, max_steps: int, evals: int, train_size: int, thre
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     commands = cell_commands(workdir, max_steps, evals, train_size, threads)
     times = {"tunebench": [], "trainer": []}
-    for k in range(pairs):
-        order = ["tunebench", "trainer"] if k % 2 == 0 else ["trainer", "tunebench"]
-        for name in order:
-            times[name].append(_timed_process(commands[name], env))
+    try:
+        for k in range(pairs):
+            order = ["tunebench", "trainer"] if k % 2 == 0 else ["trainer", "tunebench"]
+            for name in order:
+                times[name].append(_timed_process(commands[name], env))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the cells' records and caches are only timed, never read
     return {"pairs": pairs, "max_steps": max_steps, "evals": evals, "train_size": train_size, "threads": threads,
             "process_seconds": {k: [list(t) for t in v] for k, v in times.items()},
             "cell_wall": paired(times, "tunebench", "trainer", 0), "cell_cpu": paired(times, "tunebench", "trainer", 1)}
