@@ -177,6 +177,7 @@ def test_clients_ask_ray_for_this_process_cpus_and_refuse_gpus_it_does_not_have(
     import os
 
     cpus, gpus, per_client = fed._resources(settings(), "cpu")
-    assert (cpus, gpus, per_client) == (len(os.sched_getaffinity(0)), 0, 0.0)
+    assert (cpus, gpus, per_client) == (min(4, len(os.sched_getaffinity(0))), 0, 0.0)
+    assert fed._resources(settings(clients=1), "cpu")[0] == 1  # one client: one actor, no idle one
     with pytest.raises(ValueError, match="client_gpus=1: this process sees 0 GPU"):
         fed._resources(settings(client_gpus=1), "cpu")

@@ -589,9 +589,10 @@ def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evalu
 
 def _resources(settings: FederatedSettings, device: str) -> tuple[int, int, float]:
     """(CPUs, GPUs) Ray may use, and the GPUs each client actor takes. CPUs are this process's own (a SLURM
-    job's allocation, not the node's); clients of a CUDA run need a GPU share (Ray hides GPUs from actors
+    job's allocation, not the node's), at most what the clients can use at once; clients of a CUDA run need a GPU share (Ray hides GPUs from actors
     that ask for none)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = min(cpus, math.ceil(settings.clients * settings.client_cpus))  # Ray starts an actor per client slot: no idle ones
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     client_gpus = (1.0 if gpus else 0.0) if settings.client_gpus == "auto" else settings.client_gpus
     if device == "cuda" and not client_gpus:
