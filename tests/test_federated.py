@@ -181,3 +181,13 @@ def test_clients_ask_ray_for_this_process_cpus_and_refuse_gpus_it_does_not_have(
     assert fed._resources(settings(clients=1), "cpu")[0] == 1  # one client: one actor, no idle one
     with pytest.raises(ValueError, match="client_gpus=1: this process sees 0 GPU"):
         fed._resources(settings(client_gpus=1), "cpu")
+
+
+def test_a_family_without_a_federated_path_refuses_and_names_the_way_out():
+    from tunebench.app.runner import _fit
+    from tunebench.core.configs import compose_group
+    from tunebench.methods import method_for
+
+    method = method_for(compose_group("method", "cl_naive"))  # Avalanche's own loop
+    with pytest.raises(ValueError, match="method=cl_naive has no federated path .* run it with federated.strategy=none"):
+        _fit(method, None, None, settings(), False, None, None, "cpu")

@@ -103,17 +103,10 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
         run = RunContext(method=cfg.method, train=train, seed=int(cfg.seed), task=task, model=model, meter=meter,
                          cache_dir=refine_ctx.cache_dir, checkpoint=checkpoint, log_metrics=log_metrics,
                          load_task=lambda name: load(OmegaConf.merge(cfg.data, {"name": name})))
-        if federated.enabled:
-            from tunebench.core.federated import ClientRefinement
-
-            refinement = ClientRefinement(cfg.refine, refine_ctx, task) if at_clients else None
-            result = _fit_federated(method, run, federated, _client_net_builder(cfg, method, task, init, refine_ctx.cache_dir, device),
-                                    refinement)
-            if at_clients:
-                record["refinements"] = [{"name": chain_name(cfg.refine), "at": "clients",
-                                          "clients": result.engine["federated"]["client_refinements"]}]
-        else:
-            result = method.fit_evaluate(run)
+        result = _fit(method, run, cfg, federated, at_clients, init, refine_ctx, device)
+        if at_clients:
+            record["refinements"] = [{"name": chain_name(cfg.refine), "at": "clients",
+                                      "clients": result.engine["federated"]["client_refinements"]}]
         if cfg.get("save_model"):
             saved = _save_model(method, model.net, Path(cfg.paths.models) / str(cfg.sweep) / record["run_id"])
             record["saved_model"] = saved
@@ -126,17 +119,22 @@ def _execute(cfg, record: dict, refine_ctx, checkpoint: RunCheckpoint, log_metri
         record["cost"] = combine_ranks(dp.gather_objects(record["cost"]))
 
 
-def _fit_federated(method, run: RunContext, federated: FederatedSettings, make_net, refinement) -> Result:
-    """The cell trained by Flower clients (tunebench.core.federated), for a method family that has that path."""
+def _fit(method, run: RunContext, cfg, federated: FederatedSettings, at_clients: bool, init, refine_ctx, device) -> Result:
+    """The method's own training, or its training by Flower clients (federated.strategy, tunebench.core.federated)
+    for a method family that has that path; `at_clients`: each client applies the refine chain to its share."""
+    if not federated.enabled:
+        return method.fit_evaluate(run)
     fit = getattr(method, "fit_federated", None)
-    if fit is None or run.task.modality == "generation":
-        raise ValueError(f"federated.strategy={federated.strategy}: method={method.name} on a {run.task.modality} task has "
-                         f"no federated path (classifier methods on text / image tasks have one); run it with "
-                         f"federated.strategy=none")
+    if fit is None:
+        raise ValueError(f"federated.strategy={federated.strategy}: method={method.name} has no federated path (the "
+                         f"classifier methods on text / image tasks have one); run it with federated.strategy=none")
     if dp.current().active:
         raise ValueError(f"federated.strategy={federated.strategy} with {dp.current().world} processes: a federated cell "
                          f"runs its clients as Flower simulation actors in one launch; use train.processes=1")
-    return fit(run, federated, make_net, refinement)
+    from tunebench.core.federated import ClientRefinement
+
+    refinement = ClientRefinement(cfg.refine, refine_ctx, run.task) if at_clients else None
+    return fit(run, federated, _client_net_builder(cfg, method, run.task, init, refine_ctx.cache_dir, device), refinement)
 
 
 def _client_net_builder(cfg, method, task, init, cache_dir, device):
