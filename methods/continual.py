@@ -212,6 +212,7 @@ class ContinualMethod(SequenceClassifierMethod):
 
     name = "continual"
     modalities = ("text", "image")
+    fit_federated = None  # Avalanche's loop over a stream: no federated path (the classifier's would ignore the stream)
 
     def __init__(self):
         # The runner builds the method before it starts the cost meter: Avalanche's import (seconds,
