@@ -96,13 +96,19 @@ def test_paper_check_counts_through_the_cli(tmp_path):
 
 
 def test_methods_learn_on_real_sentences(tmp_path):
-    """The default experiment's training (2,000 sentences, 125 steps at batch 16), smaller held-out sets:
-    every core method ends clearly above the 50% majority baseline (prefix tuning needs the steps)."""
-    out = run_tunebench(["run", "-m", "method=full,lora,prefix", "logger=none", "data.train_size=2000",
-                         "data.validation_size=200", "data.test_size=400", "train.batch_size=16", "train.evals=2",
-                         "sweep=learn"], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    accuracy = {r["cell"]["method"]: r["metrics"]["test_acc"] for r in run_records(tmp_path, "learn")}
+    """The default experiment's data (2,000 sentences, batch 16), smaller held-out sets: every core method
+    ends clearly above the 50% majority baseline. Prefix tuning needs the experiment's 125 steps (its
+    validation accuracy at step 84 was 0.61-0.69 in the published sweep); full fine-tuning and LoRA get
+    there in 60 (0.765 and 0.758 test accuracy here), which keeps the test a minute shorter."""
+    common = ["logger=none", "data.train_size=2000", "data.validation_size=200", "data.test_size=400",
+              "train.batch_size=16", "train.evals=2", "sweep=learn"]
+    for cells in (["method=full,lora", "train.max_steps=60"], ["method=prefix"]):
+        out = run_tunebench(["run", "-m", *cells, *common], tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+    records = run_records(tmp_path, "learn")
+    accuracy = {r["cell"]["method"]: r["metrics"]["test_acc"] for r in records}
+    assert sorted(accuracy) == ["full", "lora", "prefix"]
+    assert {r["cell"]["method"]: r["metrics"]["steps"] for r in records} == {"full": 60, "lora": 60, "prefix": 125}
     assert all(acc >= 0.6 for acc in accuracy.values()), accuracy
 
 
