@@ -116,14 +116,17 @@ def scores(preds: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def make_optimizer(net, method, lr: float, total_steps: int):
-    """AdamW over the trainable weights with a linear warmup / decay schedule (method.weight_decay, warmup_ratio)."""
+def make_optimizer(net, method, lr: float, total_steps: int, first_step: int = 0):
+    """AdamW over the trainable weights with a linear warmup / decay schedule (method.weight_decay, warmup_ratio)
+    over `total_steps`, starting at `first_step` of it (a federated round continues the schedule)."""
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the adapted model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(method.weight_decay))
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr  # what a schedule that starts past step 0 scales (torch's LambdaLR contract)
     warmup = int(float(method.warmup_ratio) * total_steps)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps, last_epoch=first_step - 1)
 
 
 def run_batches(n_train: int, train: TrainSettings, seed: int) -> list[np.ndarray]:
@@ -154,7 +157,20 @@ class ClassifierJob(TrainJob):
             allocate(step)
 
     def evaluate(self) -> dict:
-        return {f"val_{k}": v for k, v in scores(predict(self.net, self.codec, self.val, self.eval_batch_size), self.val.labels).items()}
+        return validation_scores(self.net, self.codec, self.val, self.eval_batch_size)
+
+
+def validation_scores(net, codec, val, batch_size: int) -> dict:
+    """`val_acc` (best-validation selection) and `val_macro_f1` of the current weights."""
+    return {f"val_{k}": v for k, v in scores(predict(net, codec, val, batch_size), val.labels).items()}
+
+
+def test_metrics(preds: np.ndarray, test, best_val: float | None, majority_baseline: float) -> dict:
+    """A run's test scores, per-example correctness (the claim pairs arms per example) and its baselines."""
+    result = {f"test_{k}": v for k, v in scores(preds, test.labels).items()}
+    result.update(best_val_acc=best_val, test_correct="".join("1" if c else "0" for c in preds == test.labels),
+                  majority_baseline_test_acc=majority_baseline)
+    return result
 
 
 class SequenceClassifierMethod:
@@ -192,14 +208,8 @@ class SequenceClassifierMethod:
         with meter.phase("eval"), run.autocast():
             test_preds = predict(net, codec, test, run.train.eval_batch_size)
         self._measure_saved(net, meter)
-        result = {f"test_{k}": v for k, v in scores(test_preds, test.labels).items()}
-        result.update(
-            best_val_acc=outcome.best_val,
-            best_step=outcome.best_step,
-            steps=len(batches),
-            test_correct="".join("1" if c else "0" for c in test_preds == test.labels),
-            majority_baseline_test_acc=task.majority_baseline(),
-        )
+        result = test_metrics(test_preds, test, outcome.best_val, task.majority_baseline())
+        result.update(best_step=outcome.best_step, steps=len(batches))
         return Result(result, outcome.curve, outcome.resumed_from_step, engine.prepared)
 
     def fit_federated(self, run: RunContext, settings, make_client_net, refinement=None) -> Result:
@@ -226,30 +236,27 @@ class SequenceClassifierMethod:
 
 
 class ClassifierFederation:
-    """The classifier family's federated plug-in (tunebench.core.federated.Federation): its ClassifierJob on
-    a client's batches, validation and test scoring of the global model on the server."""
+    """The classifier family's federated plug-in (tunebench.core.federated.Federation): its ClassifierJob and
+    optimiser on a client's batches, validation and test scoring of the global model on the server."""
 
     def __init__(self, name: str, run: RunContext):
-        self.name, self.codec = name, make_codec(run.model, run.task)
+        self.name, self.codec, self.method = name, make_codec(run.model, run.task), run.method
         self.train_split = run.task.train  # partitioned; each client encodes its own share
         self.val, self.test = self.codec.encode(run.task.validation), self.codec.encode(run.task.test)
-        self.weight_decay, self.warmup_ratio = float(run.method.weight_decay), float(run.method.warmup_ratio)
         self.eval_batch_size = run.train.eval_batch_size
         self.majority_baseline = run.task.majority_baseline()
 
     def encode(self, split):
         return self.codec.encode(split)
 
+    def optimizer(self, net, lr: float, total_steps: int, first_step: int):
+        return make_optimizer(net, self.method, lr, total_steps, first_step)
+
     def local_job(self, net, data, batches, optimizer, scheduler) -> ClassifierJob:
         return ClassifierJob(self.name, net, self.codec, data, self.val, batches, optimizer, scheduler, self.eval_batch_size)
 
     def validate(self, net) -> dict:
-        preds = predict(net, self.codec, self.val, self.eval_batch_size)
-        return {f"val_{k}": v for k, v in scores(preds, self.val.labels).items()}
+        return validation_scores(net, self.codec, self.val, self.eval_batch_size)
 
     def finish(self, net, best_val) -> dict:
-        preds = predict(net, self.codec, self.test, self.eval_batch_size)
-        result = {f"test_{k}": v for k, v in scores(preds, self.test.labels).items()}
-        result.update(best_val_acc=best_val, test_correct="".join("1" if c else "0" for c in preds == self.test.labels),
-                      majority_baseline_test_acc=self.majority_baseline)
-        return result
+        return test_metrics(predict(net, self.codec, self.test, self.eval_batch_size), self.test, best_val, self.majority_baseline)

@@ -11,8 +11,8 @@ module only wires a family's training into it and measures what Flower does not:
   are counted per round as tensor bytes, plus Flower's serialised size.
 - **Same update as one process.** A client's data order is drawn from the run seed over its own partition
   (sorted indices), its randomness starts from the run's RNG state at the start of training and continues
-  across rounds (kept in the client's Flower context), and its learning rate follows one linear schedule over
-  rounds x local steps. So 1 client, 1 round and the run's steps train exactly the centralised run.
+  across rounds (kept in the client's Flower context), and its learning rate follows the family's one
+  schedule over rounds x local steps. So 1 client, 1 round and the run's steps train exactly the centralised run.
 - **Failures are named.** A client that raises, or a round with fewer replies than `federated.min_replies`
   of the sampled clients, fails the cell (Flower alone would log "0 results and 2 failures" and finish).
 - **Evaluation** is the server's: the global model after each round on the shared validation split (the
@@ -230,15 +230,17 @@ class Federation:
     """A family's federated plug-in (built on the server from the run; pickled to the clients).
 
     `train_split` is partitioned over the clients (by its labels); `encode` turns a client's (possibly
-    refined) share into what `local_job`, the family's TrainJob, trains on; `validate` scores the global
+    refined) share into what `local_job`, the family's TrainJob, trains on, with the family's `optimizer`; `validate` scores the global
     model on the validation split (`val_acc` selects the best round); `finish` gives the run's metrics from
     the final global model (test split) and the best validation score."""
 
     train_split: Any
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
 
     def encode(self, split) -> Any:
+        raise NotImplementedError
+
+    def optimizer(self, net, lr: float, total_steps: int, first_step: int) -> tuple:
+        """(optimizer, scheduler) of the family's own run, its schedule over `total_steps` begun at `first_step`."""
         raise NotImplementedError
 
     def local_job(self, net, data, batches: list[np.ndarray], optimizer, scheduler) -> TrainJob:
@@ -316,19 +318,28 @@ class ProximalJob(TrainJob):
         self.job.after_update(step)
 
 
+def _trained_buffers(net: torch.nn.Module):
+    """(name, tensor) of the running statistics of BatchNorm layers that train."""
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in module.parameters()):
+            yield from ((f"{name}.{b}", t) for b, t in module.named_buffers(recurse=False))
+
+
 def exchanged_state(net: torch.nn.Module) -> dict:
     """What a client sends and the server averages: the trainable weights, plus the running statistics of
     BatchNorm layers that train (full fine-tuning of a CNN: FedAvg averages them like weights). A peft
     method's frozen BatchNorm layers keep their statistics (engine.train_mode), so nothing of the base travels."""
-    state = trainable_state(net)
-    for name, module in net.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in module.parameters()):
-            state.update({f"{name}.{b}": t.detach().clone() for b, t in module.named_buffers(recurse=False)})
-    return state
+    return {**trainable_state(net), **{k: t.detach().clone() for k, t in _trained_buffers(net)}}
 
 
-def tensor_bytes(state: dict) -> int:
-    return int(sum(t.numel() * t.element_size() for t in state.values()))
+def exchanged_names(net: torch.nn.Module) -> set[str]:
+    """The keys of `exchanged_state`, without copying the tensors."""
+    return {k for k, p in net.named_parameters() if p.requires_grad} | {k for k, _ in _trained_buffers(net)}
+
+
+def record_bytes(arrays) -> int:
+    """Tensor bytes of a Flower ArrayRecord, from each array's dtype and shape (without deserialising it)."""
+    return int(sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in arrays.values()))
 
 
 # -- the client ---------------------------------------------------------------------------------------
@@ -371,21 +382,6 @@ def _client_net(plan: ClientPlan) -> torch.nn.Module:
     return _CLIENT_NET["net"]
 
 
-def _linear_schedule(optimizer, plan: ClientPlan, round_: int):
-    """The centralised run's warmup / linear decay over rounds x local steps, from this round's first step."""
-    total = plan.settings.rounds * plan.settings.local_steps
-    warmup = int(plan.federation.warmup_ratio * total)
-    offset = (round_ - 1) * plan.settings.local_steps
-
-    def factor(step: int) -> float:
-        step += offset
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def train_client(plan: ClientPlan, partition_id: int, round_: int, global_state: dict, rng: bytes | None,
                  mu: float) -> tuple[dict, dict, list, bytes]:
     """One client's local training in one round: (what it trained, its metrics, its refinement reports, its
@@ -411,7 +407,7 @@ def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state
     if plan.fail_client == partition_id:
         raise RuntimeError("raised on purpose (TUNEBENCH_FEDERATED_FAIL)")
     net = _client_net(plan)
-    missing = set(global_state) - set(exchanged_state(net))
+    missing = set(global_state) - exchanged_names(net)
     if missing:
         raise ValueError(f"the server sent weights this client does not train: {sorted(missing)[:3]}")
     with torch.no_grad():
@@ -419,9 +415,8 @@ def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state
     set_rng_state(pickle.loads(rng or plan.start_rng))
     data, reports = _client_data(plan, partition_id)
     batches = client_batches(np.arange(len(data)), plan.train.batch_size, round_, plan.settings.local_steps, plan.seed)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.federation.weight_decay)
-    scheduler = _linear_schedule(optimizer, plan, round_)
+    steps = plan.settings.local_steps
+    optimizer, scheduler = plan.federation.optimizer(net, plan.lr, plan.settings.rounds * steps, (round_ - 1) * steps)
     job = plan.federation.local_job(net, data, batches, optimizer, scheduler)
     job.evaluates = False
     if mu > 0:
@@ -502,9 +497,9 @@ class CountingGrid:
                     key=lambda m: int(m.content["metrics"]["partition-id"]))  # a fixed order: sums are reproducible
         errors = [_reason(m.error.reason) for m in replies if m.has_error()]
         entry = {"round": len(self.ledger.rounds) + 1, "clients": len(messages), "replies": len(ok), "failures": len(errors),
-                 "bytes_down": sum(tensor_bytes(a.to_torch_state_dict()) for a in down),
+                 "bytes_down": sum(record_bytes(a) for a in down),
                  "serialized_bytes_down": sum(a.count_bytes() for a in down),
-                 "bytes_up": sum(tensor_bytes(m.content["arrays"].to_torch_state_dict()) for m in ok),
+                 "bytes_up": sum(record_bytes(m.content["arrays"]) for m in ok),
                  "serialized_bytes_up": sum(m.content["arrays"].count_bytes() for m in ok),
                  "clients_detail": [dict(m.content["metrics"]) for m in ok]}
         self.ledger.rounds.append(entry)
