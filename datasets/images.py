@@ -14,7 +14,7 @@ import numpy as np
 
 from . import TASKS
 from .builtin import split_task
-from .task import Task
+from .task import Split, Task
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 
@@ -35,6 +35,7 @@ FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
     "test_images": "t10k-images-idx3-ubyte.gz", "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+TRAIN_FILE_SIZE = 60_000  # train-images-idx3-ubyte: the first 60,000 of the pooled 70,000
 FASHION_HELP = ("install the Debian package (`sudo apt-get install dataset-fashion-mnist`; `make` does it when it "
                 "runs as root) or put the four files {files} from https://github.com/zalandoresearch/fashion-mnist "
                 "in a folder and set data.root to it")
@@ -60,4 +61,24 @@ def fashion_mnist(cfg) -> Task:
         raise ValueError(f"Fashion-MNIST in {root}: {len(images)} images but {len(labels)} labels")
     pixels = [img.astype(np.float32) / 255.0 for img in images]
     meta = {"image_size": [28, 28], "channels": 1, "source": f"Fashion-MNIST idx files in {root}"}
+    if str(cfg.get("split", "pooled")) == "standard":
+        return _files_split(pixels, labels.astype(np.int64), cfg, meta)
+    if str(cfg.get("split", "pooled")) != "pooled":
+        raise ValueError(f"data.split={cfg.split}: expected pooled (fixed stratified parts of all 70,000) or standard "
+                         f"(the files' own 60,000 train / 10,000 test)")
     return split_task("fashion_mnist", pixels, labels.astype(np.int64), FASHION_CLASSES, cfg, meta=meta, modality="image")
+
+
+def _files_split(pixels: list, labels: np.ndarray, cfg, meta: dict) -> Task:
+    """The dataset's own split (train file / t10k file), as its authors' benchmark uses it: no validation or
+    pool part (the benchmark has none); data.train_size caps the training part (its first N, file order)."""
+    n_train = TRAIN_FILE_SIZE if cfg.get("train_size") is None else min(int(cfg.train_size), TRAIN_FILE_SIZE)
+    source = f"{meta['source']} (fashion_mnist, standard split)"
+
+    def part(rows: np.ndarray, labeled: bool = True) -> Split:
+        return Split([pixels[i] for i in rows], labels[rows], labeled=labeled, source=source, rows=rows)
+
+    empty = np.arange(0)
+    return Task(name="fashion_mnist", modality="image", classes=list(FASHION_CLASSES), train=part(np.arange(n_train)),
+                validation=part(empty), test=part(np.arange(TRAIN_FILE_SIZE, len(labels))), pool=part(empty, False),
+                meta={**meta, "split": "standard"})

@@ -77,8 +77,12 @@ class PeftMethod(SequenceClassifierMethod):
             return self._adapt_image(net, method_cfg)
         if _is_causal_lm(net):
             return self._adapt_causal(net, method_cfg)
-        # task_type SEQ_CLS makes peft train the new classifier head too (modules_to_save).
-        return wrap(net, peft_config(method_cfg.peft, defaults={"task_type": TaskType.SEQ_CLS},
+        # task_type SEQ_CLS makes peft train the new classifier head too (modules_to_save: it knows `classifier`
+        # and `score`; T5-family classifiers call theirs `classification_head`).
+        defaults = {"task_type": TaskType.SEQ_CLS}
+        if hasattr(net, "classification_head"):
+            defaults["modules_to_save"] = ["classification_head"]
+        return wrap(net, peft_config(method_cfg.peft, defaults=defaults,
                                      overrides=self._step_placeholders(method_cfg.peft)), self.name)
 
     def _adapt_causal(self, net, m):

@@ -46,13 +46,16 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert group_lines and not [o for line in group_lines for o in line.split(": ", 1)[1].split(", ") if o.startswith("_")]
     assert ("method: adalora, cl_ewc, cl_joint, cl_lora, cl_lwf, cl_naive, cl_replay, "
             "clip_full, clip_lock_image, clip_lock_text, clip_lora, clip_probe, clip_wiseft, dora, fomaml, fs_finetune, "
-            "fs_full, fs_lora, fs_probe, full, ia3, loha, lora, maml, oft, prefix, prompt, qlora, rslora, vera") in out.stdout
-    assert ("experiment: causal_lr_grid, causal_quick, clip_twemoji, continual, continual_text, federated_fashion, "
-            "federated_quick, federated_text, fewshot_digits, fewshot_text, "
-            "lr_grid, paper_roberta, peft_method_comparison, quick, quick_peft, refine_fashion, refine_text") in out.stdout
+            "fs_full, fs_lora, fs_probe, full, ia3, loha, lora, maml, oft, prefix, prompt, qlora, rslora, sk_decision_tree, "
+            "sk_extra_tree, sk_gaussian_nb, sk_passive_aggressive, sk_perceptron, sk_random_forest, sk_sgd, vera") in out.stdout
+    assert ("experiment: causal_lr_grid, causal_quick, clip_twemoji, continual, continual_text, fashion_sklearn, "
+            "federated_fashion, federated_quick, federated_text, fewshot_digits, fewshot_text, "
+            "lora_paper_sst2, lr_grid, paper_roberta, peft_method_comparison, quick, quick_peft, refine_fashion, "
+            "refine_text") in out.stdout
     assert "partition: dirichlet_0.1, dirichlet_1, iid" in out.stdout
-    assert ("model: clip_effnet_minilm, efficientnet_lite0, hf, llama32_3b_config, minilm, roberta_base_random, small_cnn, "
-            "smollm2") in out.stdout
+    assert ("model: clip_effnet_minilm, deberta_v2_xxlarge_config, efficientnet_lite0, gpt2_large_config, gpt2_medium_config, "
+            "gpt3_175b_config, hf, llama32_3b_config, minilm, mt0_large_config, pixels, roberta_base_random, "
+            "roberta_large_config, small_cnn, smollm2, t0_3b_config") in out.stdout
 
 
 def test_python_m_from_the_project_root_still_finds_huggingface_datasets(tmp_path, tiny_bert_dir):

@@ -1,4 +1,4 @@
-"""`tunebench` command line: run (Hydra), report, claim, status, perf."""
+"""`tunebench` command line: run (Hydra), report, claim, status, perf, reproduce."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,7 @@ commands:
   docs [--check]          refill the README's published blocks from results/published/ (--check: exit 1 if stale)
   calibrate               the claim's error rates and power by simulation -> results/published/calibration/
   perf                    harness overhead and LoRA/full step-time benchmark
+  reproduce [TARGETS]     published figures (targets/*.csv) checked against the records; --run runs what is missing
 
 `tunebench <command> --help` gives each command's options.
 """
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return run.main()
     handlers = {"report": "tunebench.app.report", "claim": "tunebench.app.claim", "status": "tunebench.app.status", "artefacts": "tunebench.app.artefacts",
                 "publish": "tunebench.app.publish", "docs": "tunebench.app.publish:docs_main", "calibrate": "tunebench.app.calibration",
-                "perf": "tunebench.app.perf"}
+                "perf": "tunebench.app.perf", "reproduce": "tunebench.app.reproduce"}
     if command not in handlers:
         print(f"tunebench: unknown command {command!r}; commands: run, {', '.join(handlers)}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ import importlib.metadata
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from tunebench.core.cache import cached
 
@@ -59,13 +58,12 @@ def smollm2_folder(cache_dir: Path) -> tuple[Path, dict]:
 
 def build_causal(cfg, task, cache_dir: Path | None):
     """The `model` config group as a causal LM for a generation task."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunebench.core.models import Model, resolve_source
+    from tunebench.core.models import Model, architecture_config, resolve_source
 
     if cfg.get("config"):  # a published architecture without weights: counts only, nothing allocated
-        spec = OmegaConf.to_container(cfg.config, resolve=True)
-        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+        config = architecture_config(cfg.config)
         with torch.device("meta"):
             net = AutoModelForCausalLM.from_config(config)
         return Model(net=net, tokenizer=None, source=f"config:{config.model_type}", head_prefixes=())

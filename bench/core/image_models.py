@@ -45,6 +45,15 @@ def small_cnn(num_classes: int, channels: int = 1) -> ImageClassifier:
     return ImageClassifier(body, 64, num_classes)
 
 
+@IMAGE_MODELS.register("pixels")
+def pixels(num_classes: int, channels: int = 1) -> ImageClassifier:
+    """The raw pixels, flattened, and a linear head: softmax regression when trained (method=full), and the
+    input of the scikit-learn baselines (method=sk_*, which fit their own estimator on the same pixels)."""
+    classifier = ImageClassifier(nn.Flatten(), 1, num_classes)
+    classifier.task_head = nn.LazyLinear(num_classes)
+    return classifier
+
+
 def conv_and_linear_names(net: nn.Module, exclude: tuple[str, ...] = ("task_head",)) -> list[str]:
     """Dotted names of the Linear and full (not depthwise) Conv2d layers, where LoRA goes; head excluded."""
     return [name for name, m in net.named_modules()

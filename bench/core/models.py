@@ -3,6 +3,7 @@ configuration with random weights (for parameter counts without a download)."""
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class Model:
     net: torch.nn.Module
     tokenizer: Any  # None for config-only models (count_only runs)
     source: str
-    head_prefixes: tuple[str, ...] = ("classifier", "score")
+    head_prefixes: tuple[str, ...] = ("classifier", "score", "classification_head")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,35 @@ def prepare_packaged(cfg, cache_dir: Path | None) -> None:
     name = str(cfg.get("name"))
     if not cfg.get("config") and name in PACKAGED.names():
         PACKAGED.get(name)(cache_dir)
+
+
+# Published configuration files shipped with tunebench (conf/model/published/<file>.json): a hub model's own
+# config.json, for exact parameter counts offline on PyTorch's meta device (model.config: <file>.json).
+def published_configs() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("tunebench.conf") / "model" / "published"))
+
+
+def architecture_config(spec, **changes):
+    """A transformers config from `model.config`: the keys themselves (a mapping with model_type) or a
+    config.json file (a path, or the name of one shipped in conf/model/published/)."""
+    from transformers import AutoConfig
+
+    if isinstance(spec, str):
+        path = Path(spec).expanduser()
+        path = path if path.is_file() else published_configs() / spec
+        if not path.is_file():
+            shipped = sorted(p.name for p in published_configs().glob("*.json"))
+            raise FileNotFoundError(f"model.config={spec}: no such config.json file, nor one shipped in "
+                                    f"{published_configs()} ({', '.join(shipped)})")
+        values = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}  # _comment, _name_or_path
+    else:
+        values = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+    if "model_type" not in values:
+        raise ValueError(f"model.config={spec}: no model_type key (transformers needs it to pick the architecture)")
+    values = {**values, **changes}
+    return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
 def _label_maps(classes: list[str]) -> dict:
@@ -118,13 +148,13 @@ def _load_init(net, init: dict | None) -> None:
 
 
 def _build_text(cfg, task, init: dict | None) -> Model:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     labels = _label_maps(task.classes)
-    if cfg.get("config"):  # published architecture, random init: e.g. RoBERTa-base for the paper check
-        spec = OmegaConf.to_container(cfg.config, resolve=True)
-        config = AutoConfig.for_model(spec.pop("model_type"), **spec, **labels)
-        net = AutoModelForSequenceClassification.from_config(config)
+    if cfg.get("config"):  # a published architecture without weights: counts only, nothing allocated
+        config = architecture_config(cfg.config, **labels)
+        with torch.device("meta"):
+            net = AutoModelForSequenceClassification.from_config(config)
         source, tokenizer = f"config:{config.model_type}", None
     else:
         source, local = resolve_source(str(cfg.name))

@@ -1,0 +1,173 @@
+"""`tunebench reproduce`: targets rows judged against records found by run id, rows that cannot be checked
+named, and the offline targets (counts on the meta device, the scikit-learn baselines) measured for real."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from tunebench.app import reproduce as rp
+from tunebench.core.models import architecture_config
+
+from .conftest import ROOT, run_tunebench
+
+HEADER = list(rp.COLUMNS)
+
+
+def write_targets(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in HEADER})
+    return path
+
+
+def row(**fields) -> dict:
+    base = {"table": "T", "method": "lora", "model": "RoBERTa-base", "dataset": "-", "metric": "params_trainable_excl_head",
+            "kind": "exact", "target": "294912", "source": "Hu et al. 2021, Table 2", "status": "expected",
+            "cell": "model=roberta_base_random method=lora count_only=true"}
+    return {**base, **fields}
+
+
+def target(**fields) -> rp.Target:
+    return rp.Target("t.csv", 2, {k: str(v) for k, v in row(**fields).items()})
+
+
+def test_kinds_judge_the_mean_as_documented():
+    assert rp.compare(target(kind="exact", target=5), [5.0, 5.0])[0]
+    assert not rp.compare(target(kind="exact", target=5), [5.0, 6.0])[0]  # every run must equal it
+    assert rp.compare(target(kind="abs", metric="test_acc", target=0.80, tolerance=0.01), [0.805, 0.813])[0]  # mean 0.809
+    assert not rp.compare(target(kind="abs", metric="test_acc", target=0.80, tolerance=0.01), [0.812, 0.814])[0]
+    assert rp.compare(target(kind="one_sided", metric="test_acc", target=0.80, tolerance=0.03), [0.78])[0]
+    assert not rp.compare(target(kind="one_sided", metric="test_acc", target=0.80, tolerance=0.03), [0.76])[0]
+    # ci: mean 0.80, sd 0.01, 3 runs: half width t(0.975, 2) * 0.01 / sqrt(3) = 0.02484
+    values = [0.79, 0.80, 0.81]
+    assert rp.compare(target(kind="ci", metric="test_acc", target=0.824), values)[0]
+    agrees, measured, _ = rp.compare(target(kind="ci", metric="test_acc", target=0.826), values)
+    assert not agrees and measured == "0.8000 (mean of 3) [0.7752, 0.8248]"
+    assert not rp.compare(target(kind="ci", metric="test_acc", target=0.80), [0.80])[0]  # one run has no interval
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"metric": "test_acc", "kind": "abs", "target": "1.7", "tolerance": "0.01"}, "target 1.7 is impossible for test_acc"),
+    ({"target": "-3"}, "target -3 is impossible for params_trainable_excl_head"),
+    ({"target": "2.5"}, "a parameter count is a whole number"),
+    ({"kind": "close"}, "kind 'close' is not one of exact, abs, one_sided, ci"),
+    ({"status": "needs:tpu"}, "status 'needs:tpu' is not expected, known_mismatch or needs:<gpu|network>"),
+    ({"kind": "abs"}, "kind abs needs a tolerance"),
+    ({"status": "known_mismatch"}, "known_mismatch needs notes"),
+    ({"target": "n/a"}, "target 'n/a' is not a number"),
+])
+def test_rows_that_cannot_be_checked_are_named(fields, message):
+    with pytest.raises(rp.TargetError, match="t.csv line 2 .*" + message.replace("(", r"\(").replace("|", r"\|")):
+        rp.validate(target(**fields))
+
+
+def test_impossible_row_exits_1_naming_the_row_and_the_rest_is_still_judged(tmp_path):
+    path = write_targets(tmp_path / "bad.csv", [row(), row(metric="test_acc", kind="abs", target="1.7", tolerance="0.01")])
+    out = run_tunebench(["reproduce", str(path), "--results", str(tmp_path / "results")], tmp_path, timeout=300)
+    assert out.returncode == 1
+    assert f"INVALID: {path} line 3 (T: lora, RoBERTa-base, -, test_acc): target 1.7 is impossible for test_acc" in out.stderr
+    assert f"MISSING: {path} line 2" in out.stderr  # the good row is judged: no record yet
+    table = (tmp_path / "results" / "tables" / "reproduce" / "bad.md").read_text()
+    assert "| invalid " in table and "| missing " in table
+
+
+def test_a_missing_column_fails_the_file(tmp_path):
+    path = tmp_path / "cols.csv"
+    path.write_text("table,method\nT,lora\n")
+    with pytest.raises(rp.TargetError, match=r"cols.csv: columns \['model', 'dataset'"):
+        rp.read_targets(path)
+
+
+def test_run_ids_are_the_ids_tunebench_run_writes(tmp_path):
+    out = run_tunebench(["run", "model=roberta_base_random", "method=lora", "count_only=true", "seed=3"], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    written = [p.stem for p in (tmp_path / "results" / "runs" / "default").glob("*.json")]
+    assert rp.run_ids("model=roberta_base_random method=lora count_only=true seed=3") == written
+    assert len(rp.run_ids("model=roberta_base_random method=lora,full count_only=true seed=0,1")) == 4
+
+
+def test_run_measures_counts_and_judges_them(tmp_path):
+    """--run runs the rows' cells (published configurations on the meta device), then judges them:
+    LoRA on RoBERTa-base exactly 294,912 (Hu et al. 2021: 0.3M); GPT-2 M LoRA r=4 gives 393,216, not the
+    printed 0.35M (a known mismatch); mT0-large IA3 as peft's docs print it."""
+    path = write_targets(tmp_path / "counts.csv", [
+        row(),
+        row(method="lora", model="GPT-2 M", metric="params_trainable", kind="abs", target="350000", tolerance="5000",
+            status="known_mismatch", notes="issue 172", cell="model=gpt2_medium_config data=arithmetic method=lora "
+                                                              "method.peft.r=4 count_only=true"),
+        row(method="ia3", model="mt0-large", target="282624", cell="model=mt0_large_config method=ia3 count_only=true"),
+    ])
+    out = run_tunebench(["reproduce", str(path), "--run", "threads=1"], tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    frame = __import__("pandas").read_csv(tmp_path / "results" / "tables" / "reproduce" / "counts.csv")
+    assert frame.verdict.tolist() == ["pass", "known mismatch", "pass"]
+    assert frame.measured.tolist() == ["294,912", "393,216", "282,624"]
+    assert "|diff| 43,216 > 5,000; issue 172" in frame.why[1]
+    again = run_tunebench(["reproduce", str(path)], tmp_path, timeout=300)  # the records are found, nothing reruns
+    assert again.returncode == 0 and "tunebench run" not in again.stdout
+
+
+def test_shipped_targets_files_are_valid():
+    """Every row of targets/ composes and validates (the same checks `tunebench reproduce` makes first)."""
+    rows = [r for path in rp.target_files([ROOT / "targets"]) for r in rp.read_targets(path)]
+    assert len(rows) >= 25
+    for r in rows:
+        rp.validate(r)
+        assert rp.run_ids(r.cell)
+    assert {r.status for r in rows} >= {"expected", "known_mismatch", "needs:gpu+network"}
+
+
+def test_published_config_files_and_their_errors(tmp_path):
+    config = architecture_config("gpt2-medium.json")
+    assert (config.model_type, config.n_embd, config.n_layer) == ("gpt2", 1024, 24)
+    with pytest.raises(FileNotFoundError, match=r"model.config=nope.json: no such config.json file.*gpt2-medium.json"):
+        architecture_config("nope.json")
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ValueError, match="no model_type key"):
+        architecture_config(str(tmp_path / "config.json"))
+
+
+def test_sklearn_baseline_runs_the_benchmark_protocol(tmp_path):
+    """method=sk_*: StandardScaler fitted on train, train shuffled by the seed, the estimator's stated parameters;
+    the record's accuracy equals scikit-learn's own on the same split, and no torch parameters are counted."""
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.preprocessing import StandardScaler
+
+    from tunebench.datasets import load
+
+    out = run_tunebench(["run", "data=digits", "model=pixels", "method=sk_gaussian_nb", "sweep=sk"], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(next((tmp_path / "results" / "runs" / "sk").glob("*.json")).read_text())
+    task = load(OmegaConf.load(ROOT / "conf" / "data" / "digits.yaml"))
+    x, xt = (np.stack([np.asarray(a).reshape(-1) for a in s.x]) for s in (task.train, task.test))
+    scaler = StandardScaler().fit(x)
+    expected = GaussianNB(priors=[0.1] * 10).fit(scaler.transform(x), task.train.y).score(scaler.transform(xt), task.test.y)
+    assert record["metrics"]["test_acc"] == pytest.approx(expected, abs=1e-9)
+    assert record["engine"]["estimator"] == "GaussianNB" and record["engine"]["fitted_size"] == 2 * 10 * 64
+    assert record["cost"]["params_total"] == 0
+
+
+def test_sklearn_estimator_errors_name_the_key():
+    from tunebench.methods.sklearn_baseline import estimator_class, make_estimator
+
+    with pytest.raises(ValueError, match="method.estimator=os.path: expected a scikit-learn class path"):
+        estimator_class("os.path")
+    with pytest.raises(ValueError, match=r"method.params: \['trees'\] are not parameters of RandomForestClassifier"):
+        make_estimator(OmegaConf.create({"estimator": "sklearn.ensemble.RandomForestClassifier",
+                                         "params": {"trees": 3}}), seed=0)
+
+
+def test_fashion_standard_split_is_the_files_split(fashion_files):
+    from tunebench.core.configs import compose_group
+    from tunebench.datasets import load
+
+    task = load(compose_group("data", "fashion_mnist_standard"))
+    sizes = [len(split.y) for split in (task.train, task.test, task.validation, task.pool)]
+    assert sizes == [60000, 10000, 0, 0]
+    assert np.bincount(task.test.y).tolist() == [1000] * 10  # t10k holds 1,000 of each class
+    assert task.meta["split"] == "standard"
