@@ -172,23 +172,45 @@ def expand(cell: str) -> list[list[str]]:
     return [list(batch) for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]]
 
 
-def run_ids(cell: str) -> list[str]:
-    """The run id of every run the cell names, from its composed config (tunebench.core.record.run_id)."""
+def semantic_configs(cell: str) -> list[dict]:
+    """The config of every run the cell names, composed as `tunebench run` composes it, without the keys that
+    do not change what a run computes (tunebench.core.record.NON_SEMANTIC_KEYS)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from tunebench.core.record import NON_SEMANTIC_KEYS, run_id
+    from tunebench.core.record import NON_SEMANTIC_KEYS
 
-    ids = []
+    configs = []
     GlobalHydra.instance().clear()
     with initialize_config_module("tunebench.conf", version_base="1.3"):
         for overrides in expand(cell):
             cfg = compose("config", overrides=[*overrides, "hydra/sweeper=basic"])
-            semantic = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                        for k in cfg if k != "hydra" and k not in NON_SEMANTIC_KEYS}
-            ids.append(run_id(semantic))
-    return ids
+            configs.append({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                            for k in cfg if k != "hydra" and k not in NON_SEMANTIC_KEYS})
+    return configs
+
+
+def run_ids(cell: str) -> list[str]:
+    """The run id of every run the cell names (the hash `tunebench run` gives its record)."""
+    from tunebench.core.record import run_id
+
+    return [run_id(config) for config in semantic_configs(cell)]
+
+
+# Packaged models renamed to their YAML stems (commit cbf0119): the same files, so the same cell.
+RENAMED_MODELS = {"minilm-l6": "minilm", "small-cnn": "small_cnn", "efficientnet-lite0": "efficientnet_lite0",
+                  "effnet-lite0+minilm": "clip_effnet_minilm"}
+
+
+def differences(recorded, composed, path: str = "") -> list[str]:
+    """Keys whose recorded value the composed config does not have (keys added since the record are ignored:
+    a new option's default keeps the old behaviour; a packaged model's old name is its new one)."""
+    if isinstance(recorded, dict) and isinstance(composed, dict):
+        return [d for k, v in recorded.items() for d in differences(v, composed.get(k, "<missing>"), f"{path}{k}.")]
+    if path == "model.name." and RENAMED_MODELS.get(recorded) == composed:
+        return []
+    return [] if recorded == composed else [f"{path.rstrip('.')}: recorded {recorded!r}, now {composed!r}"]
 
 
 def record_index(runs_root: Path) -> dict[str, Path]:
@@ -314,6 +336,62 @@ def run_cells(cells: list[str], overrides: list[str], results: Path) -> None:
         subprocess.run(command, env=env, check=False)
 
 
+# --- regression targets: a published sweep's headline numbers -------------------------------------------------
+
+def regression_rows(published: Path) -> list[dict]:
+    """One `ci` row (test accuracy: the published mean must stay inside a new run's 95% interval) and one `exact`
+    row (trainable parameters) per method of a published sweep whose name is its experiment preset. Each row's
+    cell must hash to the published records' run ids, so the rows check what was published, nothing else."""
+    import json
+    from collections import defaultdict
+
+    records = [json.loads(p.read_text()) for p in sorted((published / "records").glob("*.json"))]
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        raise FileNotFoundError(f"no ok records under {published / 'records'} (tunebench publish writes them)")
+    by_arm = defaultdict(list)
+    for r in ok:
+        by_arm[(r["sweep"], r["cell"]["task"], r["cell"]["refine"], r["cell"]["method"])].append(r)
+    rows = []
+    for (sweep, task, refine, method), arm in sorted(by_arm.items()):
+        seeds = sorted(r["cell"]["seed"] for r in arm)
+        cell = f"experiment={sweep} method={method} seed={','.join(map(str, seeds))}"
+        composed = {c["seed"]: c for c in semantic_configs(cell)}
+        changed = [d for r in arm for d in differences(_semantic(r["config"]), composed[r["cell"]["seed"]])]
+        if changed:
+            raise TargetError(f"{published}: `{cell}` is not the cell its records ran ({'; '.join(changed[:3])}); "
+                              f"regression rows need the preset's own cells")
+        counts = {r["cost"]["params_trainable"] for r in arm}
+        common = {"table": f"published/{published.name}", "method": method, "model": arm[0]["cell"].get("model", ""),
+                  "dataset": task if refine == "none" else f"{task} / {refine}", "source": f"results/published/{published.name}",
+                  "status": "expected", "cell": cell}
+        metric = "meta_test_acc" if "meta_test_acc" in arm[0]["metrics"] else "test_acc"  # few-shot: the meta-test score
+        acc = float(np.mean([r["metrics"][metric] for r in arm]))
+        rows.append({**common, "metric": metric, "kind": "ci", "target": f"{acc:.4f}", "tolerance": "",
+                     "notes": f"published mean of {len(arm)} seeds; a change that moves it outside a rerun's 95% interval fails"})
+        if len(counts) == 1:
+            rows.append({**common, "metric": "params_trainable", "kind": "exact", "target": str(counts.pop()),
+                         "tolerance": "", "notes": "published trainable parameters"})
+    return rows
+
+
+def _semantic(config: dict) -> dict:
+    from tunebench.core.record import NON_SEMANTIC_KEYS
+
+    return {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
+
+
+def write_regression(published: list[Path], out: Path) -> int:
+    rows = [r for folder in published for r in regression_rows(folder)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{len(rows)} regression targets from {', '.join(map(str, published))} -> {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunebench reproduce", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,7 +402,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="results root whose runs/ holds the records (default: $TUNEBENCH_RESULTS or results)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for <targets file>.md / .csv (default: <results>/tables/reproduce)")
+    parser.add_argument("--regression-from", type=Path, nargs="+", default=None, metavar="PUBLISHED_DIR",
+                        help="write regression targets from published sweeps (results/published/<sweep>) to --to, then stop")
+    parser.add_argument("--to", type=Path, default=TARGETS_DIR / "regression.csv", help="file for --regression-from")
     args, overrides = parser.parse_known_args(argv)
+    if args.regression_from:
+        try:
+            return write_regression(args.regression_from, args.to)
+        except (FileNotFoundError, TargetError) as e:
+            print(f"tunebench reproduce: {e}", file=sys.stderr)
+            return 1
     unknown = [o for o in overrides if o.startswith("-")]
     if unknown:
         parser.error(f"unknown options {unknown}; Hydra overrides for --run look like key=value")
