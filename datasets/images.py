@@ -47,8 +47,8 @@ def read_idx(path: Path, offset: int) -> np.ndarray:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
 
 
-@TASKS.register("fashion_mnist")
-def fashion_mnist(cfg) -> Task:
+def _fashion_pixels(cfg) -> tuple[list, np.ndarray, dict]:
+    """All 70,000 images (the train file's 60,000, then t10k's 10,000) as float32 in [0, 1], their labels, meta."""
     root = Path(str(cfg.root))
     missing = [name for name in FASHION_FILES.values() if not (root / name).exists()]
     if missing:
@@ -61,24 +61,27 @@ def fashion_mnist(cfg) -> Task:
         raise ValueError(f"Fashion-MNIST in {root}: {len(images)} images but {len(labels)} labels")
     pixels = [img.astype(np.float32) / 255.0 for img in images]
     meta = {"image_size": [28, 28], "channels": 1, "source": f"Fashion-MNIST idx files in {root}"}
-    if str(cfg.get("split", "pooled")) == "standard":
-        return _files_split(pixels, labels.astype(np.int64), cfg, meta)
-    if str(cfg.get("split", "pooled")) != "pooled":
-        raise ValueError(f"data.split={cfg.split}: expected pooled (fixed stratified parts of all 70,000) or standard "
-                         f"(the files' own 60,000 train / 10,000 test)")
-    return split_task("fashion_mnist", pixels, labels.astype(np.int64), FASHION_CLASSES, cfg, meta=meta, modality="image")
+    return pixels, labels.astype(np.int64), meta
 
 
-def _files_split(pixels: list, labels: np.ndarray, cfg, meta: dict) -> Task:
+@TASKS.register("fashion_mnist")
+def fashion_mnist(cfg) -> Task:
+    pixels, labels, meta = _fashion_pixels(cfg)
+    return split_task("fashion_mnist", pixels, labels, FASHION_CLASSES, cfg, meta=meta, modality="image")
+
+
+@TASKS.register("fashion_mnist_standard")
+def fashion_mnist_standard(cfg) -> Task:
     """The dataset's own split (train file / t10k file), as its authors' benchmark uses it: no validation or
     pool part (the benchmark has none); data.train_size caps the training part (its first N, file order)."""
+    pixels, labels, meta = _fashion_pixels(cfg)
     n_train = TRAIN_FILE_SIZE if cfg.get("train_size") is None else min(int(cfg.train_size), TRAIN_FILE_SIZE)
-    source = f"{meta['source']} (fashion_mnist, standard split)"
+    source = f"{meta['source']} (fashion_mnist_standard)"
 
     def part(rows: np.ndarray, labeled: bool = True) -> Split:
         return Split([pixels[i] for i in rows], labels[rows], labeled=labeled, source=source, rows=rows)
 
     empty = np.arange(0)
-    return Task(name="fashion_mnist", modality="image", classes=list(FASHION_CLASSES), train=part(np.arange(n_train)),
-                validation=part(empty), test=part(np.arange(TRAIN_FILE_SIZE, len(labels))), pool=part(empty, False),
-                meta={**meta, "split": "standard"})
+    return Task(name="fashion_mnist_standard", modality="image", classes=list(FASHION_CLASSES),
+                train=part(np.arange(n_train)), validation=part(empty), test=part(np.arange(TRAIN_FILE_SIZE, len(labels))),
+                pool=part(empty, False), meta={**meta, "split": "standard"})
