@@ -29,10 +29,11 @@ $(STAMP): $(PINS)
 	@touch $(STAMP)
 	@echo "[setup] $(VENV) is up to date"
 
-# Offline data that comes from Debian rather than PyPI: installed when missing and possible (root +
+# Offline data (and the browser the report test drives) from Debian rather than PyPI: installed when missing and possible (root +
 # apt-get); otherwise the code that needs it says how to get it. Pairs of <file that proves it>:<package>.
 DEBIAN_ASSETS := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist \
-                 /usr/share/wordnet/data.noun:wordnet-base
+                 /usr/share/wordnet/data.noun:wordnet-base \
+                 /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver
 assets:
 	@for pair in $(DEBIAN_ASSETS); do \
 	  file=$${pair%%:*}; pkg=$${pair##*:}; test -e $$file && continue; \
@@ -47,7 +48,7 @@ assets:
 # The report and the verdict are written even if a cell failed; the exit code still says so.
 run: $(STAMP)
 	@status=0; $(VENV)/bin/tunebench run -m experiment=quick || status=$$?; \
-	$(VENV)/bin/tunebench report results/runs/quick && $(VENV)/bin/tunebench claim results/runs/quick || exit 1; \
+	$(VENV)/bin/tunebench claim results/runs/quick && $(VENV)/bin/tunebench report results/runs/quick --html || exit 1; \
 	$(VENV)/bin/tunebench status results/runs/quick > /dev/null || echo "[run] some cells are not ok: tunebench status results/runs/quick"; \
 	exit $$status
 

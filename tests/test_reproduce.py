@@ -107,7 +107,7 @@ def test_run_measures_counts_and_judges_them(tmp_path):
     frame = __import__("pandas").read_csv(tmp_path / "results" / "tables" / "reproduce" / "counts.csv")
     assert frame.verdict.tolist() == ["pass", "known mismatch", "pass"]
     assert frame.measured.tolist() == ["294,912", "393,216", "282,624"]
-    assert "|diff| 43,216 > 5,000; issue 172" in frame.why[1]
+    assert "off by 43,216 > 5,000; issue 172" in frame.why[1]
     again = run_tunebench(["reproduce", str(path)], tmp_path, timeout=300)  # the records are found, nothing reruns
     assert again.returncode == 0 and "tunebench run" not in again.stdout
 

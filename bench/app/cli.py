@@ -9,7 +9,8 @@ USAGE = """tunebench <command> [args]
 commands:
   run [hydra overrides]   run one cell or a sweep (-m), e.g. tunebench run -m experiment=quick
                           (tunebench run --help shows the config groups and options)
-  report SWEEP_DIR        tables (md, csv, tex) and plots from the records of a sweep
+  report SWEEP_DIR        tables (md, csv, tex) and plots from the records of a sweep; --html: one self-contained
+                          page; --compare A B: two sweeps side by side
   claim SWEEP_DIR         the PEFT-claim verdicts, one comparison per configuration (t-intervals, Holm-adjusted)
   status SWEEP_DIR        every cell as ok / failed / diverged, with its error; exit 1 unless all ok
   artefacts SWEEP_DIR     cached refinement artefacts: built once by which run, reused by how many

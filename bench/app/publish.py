@@ -123,7 +123,23 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     for path in frame["path"]:
         shutil.copy2(path, records / Path(path).name)
     written.append(records)
+    written.append(write_page(dest))
     return written
+
+
+PLOTLY_JS = "plotly.min.js"  # one copy for every published page (results/published/plotly.min.js)
+
+
+def write_page(dest: Path) -> Path:
+    """dest/report.html from the published copies of the records (its links point at them) and dest/claim.json,
+    then the index of every published page (pages.md, shown in docs/results.md)."""
+    from tunebench.app.html_report import write_html
+
+    page = write_html(dest / "records", dest / "report.html", shared_js=dest.parent / PLOTLY_JS, name=dest.name)
+    pages = sorted(dest.parent.glob("*/report.html"))
+    (dest.parent / "pages.md").write_text("\n".join(
+        f"- [{p.parent.name}](../results/published/{p.parent.name}/report.html)" for p in pages) + "\n")
+    return page
 
 
 def render(text: str, root: Path) -> tuple[str, list[str]]:
@@ -169,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunebench publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
     parser.add_argument("--to", type=Path, default=None, help="destination (default: results/published/<sweep name>)")
+    parser.add_argument("--pages", action="store_true",
+                        help="instead: rewrite report.html of every published sweep from its published records (SWEEP_DIR: "
+                             "the published root, e.g. results/published)")
     args = parser.parse_args(argv)
+    if args.pages:
+        for folder in sorted(p.parent for p in args.sweep_dir.glob("*/records")):
+            if any(folder.joinpath("records").glob("*.json")):
+                print(f"-> {write_page(folder)}")
+        return 0
     try:
         written = publish(args.sweep_dir, args.to or PUBLISHED / args.sweep_dir.name)
     except (FileNotFoundError, ValueError) as e:

@@ -201,13 +201,39 @@ def write_report(sweep_dir: Path, out_root: Path | None = None) -> dict:
     return {**result, "runs": len(frame)}
 
 
+def _compare(args) -> int:
+    from tunebench.app.html_report import write_compare
+
+    a, b = args.compare
+    out_root = Path(args.out) if args.out else a.parent.parent
+    out, table = write_compare(a, b, out_root / "tables" / f"{a.name}_vs_{b.name}.html")
+    print(table.to_markdown(index=False, floatfmt=".4f"))
+    print(f"-> {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunebench report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
+    parser.add_argument("sweep_dir", type=Path, nargs="?", help="folder of run records, e.g. results/runs/quick")
     parser.add_argument("--out", type=Path, default=None, help="results root for tables/ and plots/ (default: two levels above SWEEP_DIR)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write tables/<sweep>/report.html: one self-contained page (table, claim forest plot, "
+                             "Pareto plots, curves; it shows the claim.json beside it, as `tunebench claim` wrote it)")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("SWEEP_A", "SWEEP_B"), default=None,
+                        help="instead: two sweeps side by side, cell by cell, with B - A and whether it is within seed "
+                             "noise -> tables/<A>_vs_<B>.html (SWEEP_DIR is then not given)")
     args = parser.parse_args(argv)
+    if (args.sweep_dir is None) == (args.compare is None):
+        parser.error("give SWEEP_DIR, or --compare SWEEP_A SWEEP_B")
     try:
+        if args.compare:
+            return _compare(args)
         result = write_report(args.sweep_dir, args.out)
+        if args.html:
+            from tunebench.app.html_report import write_html
+
+            out_root = Path(args.out) if args.out else args.sweep_dir.parent.parent
+            result["paths"]["html"] = write_html(args.sweep_dir, out_root / "tables" / args.sweep_dir.name / "report.html")
     except (FileNotFoundError, ValueError) as e:
         print(f"tunebench report: {e}")
         return 2

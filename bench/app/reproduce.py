@@ -258,7 +258,7 @@ def compare(row: Target, values: list[float]) -> tuple[bool, str, str]:
     text = _fmt(mean, row.metric) + (f" (mean of {n})" if n > 1 else "")
     if row.kind == "abs":
         agrees = abs(mean - target) <= tol + 1e-12
-        return agrees, text, f"|diff| {_fmt(abs(mean - target), row.metric)} {'<=' if agrees else '>'} {_fmt(tol, row.metric)}"
+        return agrees, text, f"off by {_fmt(abs(mean - target), row.metric)} {'<=' if agrees else '>'} {_fmt(tol, row.metric)}"
     if row.kind == "one_sided":
         agrees = mean >= target - tol - 1e-12
         return agrees, text, f"{'>=' if agrees else '<'} {_fmt(target - tol, row.metric)}"
@@ -312,7 +312,7 @@ def table(rows: list[Target], outcomes: list[Outcome]) -> pd.DataFrame:
 
 def to_markdown(frame: pd.DataFrame) -> str:
     shown = frame.drop(columns=["source"]).copy()
-    shown["why"] = shown["why"].str.replace("|", "/", regex=False)
+    shown["why"] = shown["why"].str.replace("|", "\\|", regex=False)  # a literal bar inside a table cell
     return shown.to_markdown(index=False, disable_numparse=True)
 
 

@@ -1,0 +1,168 @@
+"""The HTML report: one self-contained page per sweep, opened in a real browser (headless Chromium through
+selenium and Debian's chromium-driver): no console errors, no network, the forest plot and the tables with
+the expected rows, sorting that works; screenshots kept in results/test-artefacts/."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunebench.app.html_report import compare_table, write_html
+from tunebench.app.frame import load_frame
+from tunebench.core.record import failed_record
+
+from .conftest import ROOT, run_tunebench
+
+PUBLISHED_QUICK = ROOT / "results" / "published" / "quick" / "records"
+ARTEFACTS = ROOT / "results" / "test-artefacts"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """The published quick sweep (9 ok records) plus one failed cell."""
+    folder = tmp_path_factory.mktemp("html") / "runs" / "quick"
+    shutil.copytree(PUBLISHED_QUICK, folder)
+    some = json.loads(next(folder.glob("*.json")).read_text())
+    failed = failed_record(some["config"], "f" * 16, "quick", "RuntimeError", "the loss was nan at step 3")
+    (folder / f"{'f' * 16}.json").write_text(json.dumps(failed))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page(sweep) -> Path:
+    return write_html(sweep, sweep.parent.parent / "tables" / "quick" / "report.html")
+
+
+def test_page_is_self_contained_and_names_every_part(page, sweep):
+    text = page.read_text()
+    assert "<script src=" not in text and "https://" not in text.split("</script>")[-1]  # plotly.js inlined
+    assert text.count('class="plotly-graph-div"') >= 3  # forest, Pareto, curves
+    for part in ("accuracy (PEFT - full, pt)", "trainable params (PEFT / full)", "peak memory (PEFT / full)", "train time (PEFT / full)"):
+        assert part in text
+    assert "the loss was nan at step 3" in text and "1 failed, 9 ok" in text
+    for record in sweep.glob("*.json"):  # a link to every record, relative to the page
+        assert f'href="../../runs/quick/{record.name}"' in text
+
+
+def test_compare_finds_a_change_beyond_seed_noise(sweep, tmp_path):
+    """B = A with LoRA's accuracy raised by 5 points on every seed: LoRA 'B higher', the other arms identical."""
+    other = tmp_path / "runs" / "after"
+    shutil.copytree(sweep, other)
+    for path in other.glob("*.json"):
+        record = json.loads(path.read_text())
+        if record["status"] == "ok" and record["cell"]["method"] == "lora":
+            record["metrics"]["test_acc"] += 0.05
+            path.write_text(json.dumps(record))
+    table = compare_table(load_frame(sweep), load_frame(other)).set_index("method")
+    assert table.loc["lora", "diff"] == pytest.approx(0.05)
+    assert table.loc["lora", "verdict"] == "B higher"
+    assert table.loc["full", "diff"] == 0 and table.loc["full", "verdict"] == "within seed noise"
+    out = run_tunebench(["report", "--compare", str(sweep), str(other), "--out", str(tmp_path)], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "tables" / "quick_vs_after.html").is_file() and "B higher" in out.stdout
+
+
+def _browser(width: int):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        reason = "Debian's chromium and chromium-driver are not installed (`make` installs them when it runs as root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    # No network: every request other than the page's own file goes to a closed port and would fail loudly.
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--proxy-server=127.0.0.1:9",
+                f"--window-size={width},1000"):
+        options.add_argument(arg)
+    options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def _screenshot(driver, name: str) -> None:
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(driver.get_window_size()["width"], min(height + 50, 16000))
+    driver.save_screenshot(str(ARTEFACTS / name))
+
+
+@pytest.mark.parametrize("width", [1280, 420])
+def test_page_renders_in_chromium(page, width):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(width)
+    try:
+        driver.get(page.resolve().as_uri())
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return document.querySelectorAll('#fig-forest .ytick').length > 0"))
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+        resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert [r for r in resources if not r.startswith(("file:", "data:", "blob:"))] == []
+        # the forest plot: one row per comparison and part with an estimate (2 comparisons x 4 parts)
+        labels = driver.execute_script("return Array.from(document.querySelectorAll('#fig-forest .yaxislayer-above text')).map(t => t.textContent)")
+        assert len(labels) == 8 and set(labels) == {"rotten_tomatoes / none:lora vs full", "rotten_tomatoes / none:prefix vs full"}  # two lines (tspans)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#claim tbody tr")) == 8
+        rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+        # the failed cell (it failed before its task loaded: refinement '?') is its own highlighted row
+        assert sorted(r.find_elements(By.TAG_NAME, "td")[2].text for r in rows) == ["full", "full", "lora", "prefix"]
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.not-ok")) == 1
+        header = next(th for th in driver.find_elements(By.CSS_SELECTOR, "#results th") if th.text == "acc")
+
+        def accs():
+            return [r.find_elements(By.TAG_NAME, "td")[7].text.split(" ")[0]
+                    for r in driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
+
+        driver.execute_script("arguments[0].click()", header)
+        ascending = accs()
+        assert ascending[-1] == "-" and [float(a) for a in ascending[:3]] == sorted(float(a) for a in ascending[:3])
+        driver.execute_script("arguments[0].click()", header)
+        descending = accs()
+        assert descending[-1] == "-" and [float(a) for a in descending[:3]] == sorted((float(a) for a in descending[:3]), reverse=True)
+        assert np.isclose(float(descending[0]), 0.8043)  # full fine-tuning's published mean
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#failures tbody tr")) == 1
+        _screenshot(driver, f"report-quick-{width}px.png")
+    finally:
+        driver.quit()
+
+
+def test_published_pages_are_current(tmp_path):
+    """Every published sweep's report.html is what `tunebench publish --pages` writes from its records now."""
+    from tunebench.app.publish import write_page
+
+    published = ROOT / "results" / "published"
+    sweeps = sorted(p.parent for p in published.glob("*/records") if any(p.glob("*.json")))
+    assert sweeps and (published / "plotly.min.js").is_file()
+    for sweep_dir in sweeps:
+        copy = tmp_path / sweep_dir.name
+        shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("report.html"))
+        page = write_page(copy)
+        assert page.read_text() == (sweep_dir / "report.html").read_text(), f"{sweep_dir}/report.html is stale: tunebench publish results/published --pages"
+    pages = (published / "pages.md").read_text()
+    assert all(f"[{s.name}](../results/published/{s.name}/report.html)" in pages for s in sweeps)
+
+
+def test_report_html_through_the_cli_and_a_published_page_in_chromium(sweep, tmp_path):
+    """`tunebench report --html` (what `make run` calls) writes the inlined page; a published page loads its
+    shared plotly.js from results/published/ without a network."""
+    out = run_tunebench(["report", str(sweep), "--html", "--out", str(tmp_path)], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "tables" / "quick" / "report.html").stat().st_size > 3_000_000  # plotly.js inside
+    driver = _browser(1280)
+    try:
+        driver.get((ROOT / "results" / "published" / "quick" / "report.html").resolve().as_uri())
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return document.querySelectorAll('#fig-forest .yaxislayer-above text').length == 8"))
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+        assert driver.execute_script("return document.querySelectorAll('[id^=fig-pareto] .plotly-graph-div, "
+                                     "div[id^=fig-pareto]').length") == 3  # trainable params, peak memory, train time
+    finally:
+        driver.quit()
