@@ -171,3 +171,11 @@ def test_fashion_standard_split_is_the_files_split(fashion_files):
     assert sizes == [60000, 10000, 0, 0]
     assert np.bincount(task.test.y).tolist() == [1000] * 10  # t10k holds 1,000 of each class
     assert task.meta["split"] == "standard"
+
+
+def test_an_unquoted_comma_names_the_row(tmp_path):
+    path = tmp_path / "commas.csv"
+    path.write_text(",".join(rp.COLUMNS) + "\nT,lora,m,d,test_acc,ci,0.8,,src,expected,n,experiment=quick seed=0,1,2\n")
+    (only,) = rp.read_targets(path)
+    with pytest.raises(rp.TargetError, match=r"commas.csv line 2 .*2 more fields than the header \(\['1', '2'\]\): quote"):
+        rp.validate(only)

@@ -38,6 +38,7 @@ COLUMNS = ("table", "method", "model", "dataset", "metric", "kind", "target", "t
 KINDS = ("exact", "abs", "one_sided", "ci")
 NEEDS = ("gpu", "network")
 TARGETS_DIR = Path("targets")
+EXTRA = "__extra_fields__"  # what a row holds beyond the header: an unquoted comma
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def validate(row: Target) -> None:
     def bad(message: str):
         raise TargetError(f"{row.label}: {message}")
 
+    if row.fields.get(EXTRA):
+        bad(f"{len(row.fields[EXTRA])} more fields than the header ({row.fields[EXTRA]}): quote a value that holds "
+            f"commas, such as a cell's seed=0,1,2")
     if row.metric not in METRICS:
         bad(f"metric {row.metric!r} is not one reproduce knows ({', '.join(METRICS)})")
     if row.kind not in KINDS:
@@ -139,11 +143,11 @@ def validate(row: Target) -> None:
 def read_targets(path: Path) -> list[Target]:
     """The rows of one targets file (each knows its line); a missing column fails the file, naming it."""
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, restkey=EXTRA)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise TargetError(f"{path}: columns {missing} missing (a targets file has {', '.join(COLUMNS)})")
-        return [Target(str(path), reader.line_num, {k: (v or "").strip() for k, v in raw.items() if k})
+        return [Target(str(path), reader.line_num, {k: v if k == EXTRA else (v or "").strip() for k, v in raw.items() if k})
                 for raw in reader]
 
 
