@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 PUBLISHED = Path("results/published")
+MIN_CLAIM_SEEDS = 3  # a published verdict rests on at least this many paired seeds
 BLOCK = re.compile(r"(<!-- published: (?P<source>[^ ]+) -->\n)(?P<body>.*?)(<!-- /published -->)", re.S)
 VERDICT_PARTS = {"accuracy": "accuracy, pt", "trainable params": "trainable params", "peak memory": "peak memory ratio",
                  "train time": "train time ratio"}
@@ -102,14 +103,15 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     frame = load_frame(sweep_dir)  # fails naming a malformed record before anything is written
     written = list(write_tables(frame, dest, f"tunebench sweep {sweep_dir.name}")["paths"].values())
     comparisons = check(frame)
-    if any(c.get("seeds") for c in comparisons):
+    if comparisons and all(len(c.get("seeds") or []) >= MIN_CLAIM_SEEDS for c in comparisons):
         written += write_claim(comparisons, dest, 1.0, "holm")[1]
         (dest / "claim_summary.md").write_text(claim_summary(comparisons) + "\n")
         written.append(dest / "claim_summary.md")
-    else:  # no arm has a reference run beside it (an lr grid of peft methods only): no claim to stand behind
+    else:  # an arm without paired reference runs, or on fewer seeds (an lr grid): no claim to stand behind
         for name in ("claim.md", "claim.json", "claim_summary.md"):
             (dest / name).unlink(missing_ok=True)
-        print(f"no claim published for {sweep_dir.name}: no PEFT arm has paired runs of its reference method")
+        print(f"no claim published for {sweep_dir.name}: a PEFT arm has fewer than {MIN_CLAIM_SEEDS} seeds paired "
+              f"with its reference method (tunebench claim still judges it)")
     if frame["refine"].nunique() > 1:
         (dest / "refinements.md").write_text(refinement_summary(frame) + "\n")
         written.append(dest / "refinements.md")
