@@ -154,15 +154,18 @@ def test_report_html_through_the_cli_and_a_published_page_in_chromium(sweep, tmp
     out = run_tunebench(["report", str(sweep), "--html", "--out", str(tmp_path)], tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "tables" / "quick" / "report.html").stat().st_size > 3_000_000  # plotly.js inside
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver = _browser(1280)
     try:
-        driver.get((ROOT / "results" / "published" / "quick" / "report.html").resolve().as_uri())
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-            "return document.querySelectorAll('#fig-forest .yaxislayer-above text').length == 8"))
-        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
-        assert driver.execute_script("return document.querySelectorAll('[id^=fig-pareto] .plotly-graph-div, "
-                                     "div[id^=fig-pareto]').length") == 3  # trainable params, peak memory, train time
+        for page in (tmp_path / "tables" / "quick" / "report.html", ROOT / "results" / "published" / "quick" / "report.html"):
+            driver.get(page.resolve().as_uri())
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+                "return document.querySelectorAll('#fig-forest .yaxislayer-above text').length == 8"))
+            assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == [], page
+            resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+            assert [r for r in resources if not r.startswith(("file:", "data:", "blob:"))] == [], page
+            assert driver.execute_script("return document.querySelectorAll('div[id^=fig-pareto]').length") == 3, page
+            assert len(driver.find_elements("css selector", "#results tbody tr")) >= 3, page
     finally:
         driver.quit()
