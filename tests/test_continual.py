@@ -87,6 +87,10 @@ def test_report_shows_average_accuracy_forgetting_and_bwt_per_strategy(digits_sw
     assert table.loc["cl_naive", "forgetting_mean"] >= 0.9 and table.loc["cl_replay", "forgetting_mean"] <= 0.3
     assert np.isnan(table.loc["cl_joint", "forgetting_mean"])  # undefined: one training phase
     assert table.loc["cl_naive", "bwt_mean"] == pytest.approx(-table.loc["cl_naive", "forgetting_mean"])
+    from tunebench.app.html_report import write_html  # the page's continual panel: one heat map per strategy
+
+    text = write_html(root / "results" / "runs" / "digits", root / "out" / "report.html").read_text()
+    assert "<h2>Continual learning</h2>" in text and all(f'id="fig-continual-{m.replace("_", "-")}"' in text for m in table.index)
 
 
 def test_report_of_a_sweep_without_continual_runs_has_no_continual_columns(tmp_path):

@@ -72,6 +72,10 @@ def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path)
     assert sum(c["examples"] for c in by["lora"]["engine"]["federated"]["clients_data"]) == 64
     clients = [c["peak_memory_bytes"] for r in by["full"]["engine"]["federated"]["rounds_detail"] for c in r["clients_detail"]]
     assert full["peak_memory_bytes"] == max(clients) and full["peak_memory_server_mb"] > 0
+    from tunebench.app.html_report import write_html  # the page's federated panel and its traffic columns
+
+    page = write_html(tmp_path / "results" / "runs" / "bytes", tmp_path / "report.html").read_text()
+    assert "<h2>Federated</h2>" in page and 'id="fig-federated"' in page and "sent MB total" in page
     shares = [c["examples"] for c in by["lora"]["engine"]["federated"]["clients_data"]]
     [refined] = by["lora"]["refinements"]
     assert refined["at"] == "clients" and len(refined["clients"]) == 2
