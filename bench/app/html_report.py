@@ -246,11 +246,11 @@ def pareto_section(frame: pd.DataFrame) -> str:
     return "".join(out)
 
 
-def curves_section(frame: pd.DataFrame) -> str:
+def curves_section(records: list[dict]) -> str:
     """Validation accuracy per step (federated: per round), mean over the seeds, one line per method."""
     import plotly.graph_objects as go
 
-    records = _records(frame[frame.status == "ok"])
+    records = _ok(records)
     points = [{"task": r["cell"]["task"], "refine": r["cell"]["refine"], "method": r["cell"]["method"],
                "step": p["step"], "val_acc": p["val_acc"]}
               for r in records for p in (r.get("curve") or []) if p.get("val_acc") is not None and "step" in p]
@@ -268,13 +268,13 @@ def curves_section(frame: pd.DataFrame) -> str:
     return "".join(out)
 
 
-def family_sections(frame: pd.DataFrame) -> str:
+def family_sections(frame: pd.DataFrame, records: list[dict]) -> str:
     """Panels of the method families the sweep has: continual, few-shot, CLIP, federated."""
     import plotly.express as px
     import plotly.graph_objects as go
 
     ok = frame[frame.status == "ok"]
-    records = _records(ok)
+    records = _ok(records)
     out = []
     matrices = [(r["cell"]["method"], r["cell"]["seed"], r["metrics"]["acc_matrix"]) for r in records
                 if isinstance((r.get("metrics") or {}).get("acc_matrix"), list)]
@@ -316,8 +316,7 @@ def family_sections(frame: pd.DataFrame) -> str:
     return "".join(out)
 
 
-def environment_section(frame: pd.DataFrame, page_dir: Path) -> str:
-    records = _records(frame)
+def environment_section(frame: pd.DataFrame, records: list[dict], page_dir: Path) -> str:
     envs = [r.get("env") or {} for r in records]
     commits = sorted({str(e.get("git_commit")) for e in envs})
     devices = sorted({str(e.get("device")) for e in envs})
@@ -336,13 +335,17 @@ def environment_section(frame: pd.DataFrame, page_dir: Path) -> str:
 
 # --- assembly ----------------------------------------------------------------------------------------------
 
-def _last_finished(sweep_dir: Path) -> str:
-    times = [json.loads(p.read_text()).get("finished_at") for p in Path(sweep_dir).glob("*.json")]
-    return max((t for t in times if t), default="-")
+def _last_finished(records: list[dict]) -> str:
+    return max((r["finished_at"] for r in records if r.get("finished_at")), default="-")
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
+    """Every record of the frame, read once per page (the sections take what they need from this list)."""
     return [json.loads(Path(p).read_text()) for p in frame["path"]]
+
+
+def _ok(records: list[dict]) -> list[dict]:
+    return [r for r in records if r.get("status") == "ok"]
 
 
 def _relative(path: str, page_dir: Path) -> str:
@@ -389,12 +392,14 @@ def write_html(sweep_dir: Path, out: Path, claim_file: Path | None = None, share
     out.parent.mkdir(parents=True, exist_ok=True)
     comparisons, source = claim_comparisons(frame, claim_file or out.parent / "claim.json")
     source = _relative(source, out.parent) if Path(source).is_file() else source
+    records = _records(frame)
     counts = frame.status.value_counts().to_dict()
     header = (f"<h1>tunebench sweep {html.escape(name)}</h1><p class='note'>{len(frame)} cells: "
               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f". Records: {html.escape(_relative(str(sweep_dir), out.parent))}/. "
-              f"Last record finished {html.escape(str(_last_finished(sweep_dir)))}.</p>")
+              f"Last record finished {html.escape(str(_last_finished(records)))}.</p>")
     body = "".join([header, results_section(frame), failures_section(frame, out.parent), forest_section(comparisons, source),
-                    pareto_section(frame), curves_section(frame), family_sections(frame), environment_section(frame, out.parent)])
+                    pareto_section(frame), curves_section(records), family_sections(frame, records),
+                    environment_section(frame, records, out.parent)])
     _write_atomic(out, page(f"tunebench: {name}", body, shared_js, out.parent))
     return out
 

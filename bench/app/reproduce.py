@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import os
 import shlex
@@ -195,11 +196,13 @@ def semantic_configs(cell: str) -> list[dict]:
     return configs
 
 
-def run_ids(cell: str) -> list[str]:
-    """The run id of every run the cell names (the hash `tunebench run` gives its record)."""
+@functools.lru_cache(maxsize=None)
+def run_ids(cell: str) -> tuple[str, ...]:
+    """The run id of every run the cell names (the hash `tunebench run` gives its record); composed once per
+    cell and process (rows share cells, and --run judges every row twice)."""
     from tunebench.core.record import run_id
 
-    return [run_id(config) for config in semantic_configs(cell)]
+    return tuple(run_id(config) for config in semantic_configs(cell))
 
 
 # Packaged models renamed to their YAML stems (commit cbf0119): the same files, so the same cell.
