@@ -59,6 +59,18 @@ def wrap(net, config: PeftConfig, method_name: str):
         ) from e
 
 
+def _init_text_tokenizer(net, node) -> dict:
+    """Prompt tuning's TEXT init embeds `prompt_tuning_init_text` with a tokenizer; peft needs its path even when it
+    is the model's own, so that is the default (the folder or hub name the model was loaded from)."""
+    if str(node.get("prompt_tuning_init", "")).upper() != "TEXT" or node.get("tokenizer_name_or_path"):
+        return {}
+    source = getattr(net, "name_or_path", None) or getattr(getattr(net, "config", None), "_name_or_path", None)
+    if not source:
+        raise ValueError("method.peft.prompt_tuning_init=TEXT: set method.peft.tokenizer_name_or_path (this model "
+                         "does not say where it was loaded from)")
+    return {"tokenizer_name_or_path": str(source)}
+
+
 def _is_causal_lm(net) -> bool:
     return bool(getattr(net, "can_generate", lambda: False)())
 
@@ -79,7 +91,7 @@ class PeftMethod(SequenceClassifierMethod):
             return self._adapt_causal(net, method_cfg)
         # task_type SEQ_CLS makes peft train the new classifier head too (modules_to_save: it knows `classifier`
         # and `score`; T5-family classifiers call theirs `classification_head`).
-        defaults = {"task_type": TaskType.SEQ_CLS}
+        defaults = {"task_type": TaskType.SEQ_CLS, **_init_text_tokenizer(net, method_cfg.peft)}
         if hasattr(net, "classification_head"):
             defaults["modules_to_save"] = ["classification_head"]
         return wrap(net, peft_config(method_cfg.peft, defaults=defaults,
@@ -93,7 +105,8 @@ class PeftMethod(SequenceClassifierMethod):
         if m.get("decoder_target_modules") is not None:
             overrides["target_modules"] = list(m.decoder_target_modules)
         overrides.update(self._step_placeholders(m.peft))
-        return wrap(net, peft_config(m.peft, defaults={"task_type": TaskType.CAUSAL_LM}, overrides=overrides), self.name)
+        defaults = {"task_type": TaskType.CAUSAL_LM, **_init_text_tokenizer(net, m.peft)}
+        return wrap(net, peft_config(m.peft, defaults=defaults, overrides=overrides), self.name)
 
     def _step_placeholders(self, node) -> dict:
         """AdaLoRA's `total_step: auto`: a valid placeholder now, the run's step count in before_training."""
