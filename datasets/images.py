@@ -1,7 +1,8 @@
 """Built-in offline image tasks.
 
 - digits: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): tiny, for fast
-  tests and for refinements that are natural on images.
+  tests and for refinements that are natural on images. digits_holdout: the same images, raw 0-16, split
+  by scikit-learn's train_test_split as its tutorials do.
 - fashion_mnist: Zalando's Fashion-MNIST (70,000 28x28 grey images, 10 classes) from the Debian
   package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) or any folder of its idx files.
 """
@@ -28,6 +29,30 @@ def digits(cfg) -> Task:
     labels = bunch.target.astype(np.int64)
     meta = {"image_size": [8, 8], "channels": 1, "source": "scikit-learn load_digits"}
     return split_task("digits", images, labels, DIGIT_CLASSES, cfg, meta=meta, modality="image")
+
+
+@TASKS.register("digits_holdout")
+def digits_holdout(cfg) -> Task:
+    """load_digits split the way scikit-learn tutorials split it, `model_selection.train_test_split(X, y,
+    test_size, random_state=split_seed)`, in that function's order; pixel values as load_digits gives them
+    (0-16, not rescaled); no validation or pool part. Protocol of the Scipy Lecture Notes' classifier table."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = [img.astype(np.float32) for img in bunch.images]  # (8, 8) in [0, 16]
+    labels = bunch.target.astype(np.int64)
+    train_rows, test_rows = train_test_split(np.arange(len(labels)), test_size=float(cfg.test_size),
+                                             random_state=int(cfg.split_seed))
+    source = "scikit-learn load_digits (digits_holdout)"
+
+    def part(rows: np.ndarray, labeled: bool = True) -> Split:
+        return Split([images[i] for i in rows], labels[rows], labeled=labeled, source=source, rows=rows)
+
+    empty = np.arange(0)
+    meta = {"image_size": [8, 8], "channels": 1, "source": source, "split": "train_test_split"}
+    return Task(name="digits_holdout", modality="image", classes=list(DIGIT_CLASSES), train=part(train_rows),
+                validation=part(empty), test=part(test_rows), pool=part(empty, False), meta=meta)
 
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

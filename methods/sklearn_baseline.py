@@ -6,6 +6,9 @@ on the test split.
 
 `method.estimator` names the class (`sklearn.ensemble.RandomForestClassifier`), `method.params` its keyword
 arguments exactly as scikit-learn names them; estimators that take a `random_state` get the run seed.
+`method.scaler` (`standard`, the default, or `none`: the pixels as the task gives them) and `method.shuffle`
+(default true: the training rows shuffled by the seed; false: in the task's order) restate other protocols,
+e.g. the Scipy Lecture Notes' digits comparison (experiment=digits_sklearn), which fits on the split as it is.
 There is no step loop, so no engine: the run's meter still times it (train / eval phases) and the record
 names the estimator and its fitted size. The network the runner built is replaced by an empty module, so
 the record's torch parameter counts are 0 (nothing of it was trained).
@@ -49,6 +52,19 @@ def make_estimator(method_cfg, seed: int):
     return cls(**params)
 
 
+SCALERS = ("standard", "none")
+
+
+def protocol(method_cfg) -> tuple[str, bool]:
+    """(scaler, shuffle) of the method YAML; defaults are the Fashion-MNIST benchmark's (standardise, shuffle)."""
+    scaler, shuffle = str(method_cfg.get("scaler", "standard")), method_cfg.get("shuffle", True)
+    if scaler not in SCALERS:
+        raise ValueError(f"method.scaler={scaler!r}: expected one of {', '.join(SCALERS)}")
+    if not isinstance(shuffle, bool):
+        raise ValueError(f"method.shuffle={shuffle!r}: expected true or false")
+    return scaler, shuffle
+
+
 def pixel_matrix(split) -> np.ndarray:
     return np.stack([np.asarray(x, dtype=np.float32).reshape(-1) for x in split.x])
 
@@ -73,7 +89,8 @@ class SklearnEstimator:
     generates = False
 
     def adapt(self, net, method_cfg):
-        estimator_class(method_cfg.estimator)  # a wrong name fails before any work
+        estimator_class(method_cfg.estimator)  # a wrong name or protocol fails before any work
+        protocol(method_cfg)
         return NoNetwork()
 
     def fit_evaluate(self, run: RunContext) -> Result:
@@ -82,17 +99,22 @@ class SklearnEstimator:
 
         task, meter = run.task, run.meter
         estimator = make_estimator(run.method, run.seed)
+        scaling, shuffled = protocol(run.method)
         with meter.phase("train"):
-            x_train, y_train = pixel_matrix(task.train), task.train.y
-            scaler = StandardScaler().fit(x_train)
-            x_train, y_train = shuffle(scaler.transform(x_train), y_train, random_state=run.seed)
+            x_train, y_train = pixel_matrix(task.train), np.asarray(task.train.y)
+            scaler = StandardScaler().fit(x_train) if scaling == "standard" else None
+            x_train = scaler.transform(x_train) if scaler else x_train
+            if shuffled:
+                x_train, y_train = shuffle(x_train, y_train, random_state=run.seed)
             estimator.fit(x_train, y_train)
         meter.add_train_samples(len(y_train))
         with meter.phase("eval"):
-            preds = estimator.predict(scaler.transform(pixel_matrix(task.test)))
+            x_test = pixel_matrix(task.test)
+            preds = estimator.predict(scaler.transform(x_test) if scaler else x_test)
         test = SimpleNamespace(labels=np.asarray(task.test.y))
         metrics = test_metrics(np.asarray(preds), test, None, task.majority_baseline())
         engine = {"estimator": type(estimator).__name__, "params": {k: v for k, v in estimator.get_params().items()
                                                                     if isinstance(v, (int, float, str, bool, type(None)))},
-                  "fitted_size": fitted_size(estimator), "train_examples": int(len(y_train))}
+                  "fitted_size": fitted_size(estimator), "train_examples": int(len(y_train)),
+                  "scaler": scaling, "shuffled": shuffled}
         return Result(metrics, [], 0, engine)

@@ -47,9 +47,10 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert ("method: adalora, cl_ewc, cl_joint, cl_lora, cl_lwf, cl_naive, cl_replay, "
             "clip_full, clip_lock_image, clip_lock_text, clip_lora, clip_probe, clip_wiseft, dora, fomaml, fs_finetune, "
             "fs_full, fs_lora, fs_probe, full, ia3, loha, lora, maml, oft, prefix, prompt, qlora, rslora, sk_decision_tree, "
-            "sk_extra_tree, sk_gaussian_nb, sk_passive_aggressive, sk_perceptron, sk_random_forest, sk_sgd, vera") in out.stdout
-    assert ("experiment: causal_lr_grid, causal_quick, clip_twemoji, continual, continual_text, fashion_sklearn, "
-            "federated_fashion, federated_quick, federated_text, fewshot_digits, fewshot_text, "
+            "sk_extra_tree, sk_gaussian_nb, sk_knn, sk_linear_svc, sk_passive_aggressive, sk_perceptron, sk_random_forest, "
+            "sk_sgd, vera") in out.stdout
+    assert ("experiment: causal_lr_grid, causal_quick, clip_twemoji, continual, continual_text, digits_sklearn, "
+            "fashion_sklearn, federated_dp, federated_fashion, federated_quick, federated_text, fewshot_digits, fewshot_text, "
             "lora_paper_sst2, lr_grid, paper_roberta, peft_method_comparison, quick, quick_peft, refine_fashion, "
             "refine_text") in out.stdout
     assert "partition: dirichlet_0.1, dirichlet_1, iid" in out.stdout

@@ -66,11 +66,17 @@ def test_accumulating_4_micro_batches_of_8_gives_the_update_of_one_batch_of_32()
     assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(weights(whole), weights(different)))
 
 
-def test_bf16_autocasts_training_and_evaluation_on_cpu_and_is_recorded():
+def test_bf16_autocasts_training_and_evaluation_on_cpu_and_is_recorded(caplog):
     job = ToyJob()
-    engine = run(job, precision="bf16")
+    with caplog.at_level("WARNING", logger="tunebench"):
+        engine = run(job, precision="bf16")
     assert set(job.logit_dtypes) == {torch.bfloat16}
     assert engine.prepared["precision"] == "bf16" and engine.outcome.best_val > 0.5
+    # whether this CPU runs bf16 natively is recorded (step times are not comparable across the two) and, when
+    # it does not, said
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert engine.prepared["cpu_bf16_native"] is native
+    assert ("without native bf16" in caplog.text) is (not native)
     fp32 = ToyJob()
     run(fp32)
     assert set(fp32.logit_dtypes) == {torch.float32}

@@ -147,6 +147,34 @@ def test_sklearn_baseline_runs_the_benchmark_protocol(tmp_path):
     assert record["cost"]["params_total"] == 0
 
 
+def test_digits_holdout_is_train_test_split_of_the_raw_digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from tunebench.core.configs import compose_group
+    from tunebench.datasets import load
+
+    task = load(compose_group("data", "digits_holdout"))
+    bunch = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(bunch.data, bunch.target, test_size=0.25, random_state=0)
+    mine = [np.stack([np.asarray(a).reshape(-1) for a in split.x]) for split in (task.train, task.test)]
+    np.testing.assert_array_equal(mine[0], x_train)  # same rows, same order, pixels 0-16
+    np.testing.assert_array_equal(mine[1], x_test)
+    assert task.train.y.tolist() == y_train.tolist() and task.test.y.tolist() == y_test.tolist()
+    assert (len(task.validation.y), len(task.pool.y)) == (0, 0)
+
+
+def test_sklearn_protocol_without_scaler_or_shuffle_gives_the_lecture_notes_figure(tmp_path):
+    """experiment=digits_sklearn (no scaler, no shuffle): 1-NN's macro F1 is the Scipy Lecture Notes' printed
+    0.9913675218842191 (targets/scipy_lectures_digits.csv), and the record says which protocol ran."""
+    out = run_tunebench(["run", "experiment=digits_sklearn", "method=sk_knn", "method.params.n_neighbors=1", "seed=0"],
+                        tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(next((tmp_path / "results" / "runs" / "digits_sklearn").glob("*.json")).read_text())
+    assert record["metrics"]["test_macro_f1"] == pytest.approx(0.9913675218842191, abs=1e-12)
+    assert (record["engine"]["scaler"], record["engine"]["shuffled"], record["engine"]["train_examples"]) == ("none", False, 1347)
+
+
 def test_sklearn_estimator_errors_name_the_key():
     from tunebench.methods.sklearn_baseline import estimator_class, make_estimator
 
@@ -155,6 +183,13 @@ def test_sklearn_estimator_errors_name_the_key():
     with pytest.raises(ValueError, match=r"method.params: \['trees'\] are not parameters of RandomForestClassifier"):
         make_estimator(OmegaConf.create({"estimator": "sklearn.ensemble.RandomForestClassifier",
                                          "params": {"trees": 3}}), seed=0)
+    from tunebench.methods.sklearn_baseline import protocol
+
+    with pytest.raises(ValueError, match=r"method.scaler='minmax': expected one of standard, none"):
+        protocol(OmegaConf.create({"scaler": "minmax"}))
+    with pytest.raises(ValueError, match=r"method.shuffle='yes': expected true or false"):
+        protocol(OmegaConf.create({"shuffle": "yes"}))
+    assert protocol(OmegaConf.create({})) == ("standard", True)  # the Fashion-MNIST benchmark's protocol
 
 
 def test_fashion_standard_split_is_the_files_split(fashion_files):

@@ -262,13 +262,15 @@ def compare(row: Target, values: list[float]) -> tuple[bool, str, str]:
         distinct = sorted(set(values))
         text = ", ".join(_fmt(v, row.metric) for v in distinct)
         return distinct == [target], text, "equal"
-    text = _fmt(mean, row.metric) + (f" (mean of {n})" if n > 1 else "")
+    digits = _digits(tol)
+    text = _fmt(mean, row.metric, digits) + (f" (mean of {n})" if n > 1 else "")
     if row.kind == "abs":
         agrees = abs(mean - target) <= tol + 1e-12
-        return agrees, text, f"off by {_fmt(abs(mean - target), row.metric)} {'<=' if agrees else '>'} {_fmt(tol, row.metric)}"
+        off = _fmt(abs(mean - target), row.metric, digits + 1) if agrees and digits > 4 else _fmt(abs(mean - target), row.metric, digits)
+        return agrees, text, f"off by {off} {'<=' if agrees else '>'} {_fmt(tol, row.metric, digits)}"
     if row.kind == "one_sided":
         agrees = mean >= target - tol - 1e-12
-        return agrees, text, f"{'>=' if agrees else '<'} {_fmt(target - tol, row.metric)}"
+        return agrees, text, f"{'>=' if agrees else '<'} {_fmt(target - tol, row.metric, digits)}"
     if n < 2:
         return False, text, "a 95% interval needs 2 runs or more"
     half = float(sps.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
@@ -276,10 +278,19 @@ def compare(row: Target, values: list[float]) -> tuple[bool, str, str]:
     return low - 1e-12 <= target <= high + 1e-12, f"{text} [{_fmt(low, row.metric)}, {_fmt(high, row.metric)}]", "target in 95% CI"
 
 
-def _fmt(value: float, metric: str) -> str:
+def _digits(tolerance) -> int:
+    """Decimals that show a tolerance: 4, or enough for a tighter one (1e-6 -> 6)."""
+    if not tolerance or tolerance <= 0 or not math.isfinite(tolerance):
+        return 4
+    return max(4, -math.floor(math.log10(tolerance)))
+
+
+def _fmt(value: float, metric: str, digits: int = 4) -> str:
     if METRICS[metric].domain == "count":
         return f"{int(round(value)):,}"
-    return f"{value:.4f}"
+    if digits > 4 and abs(value) < 10 ** -digits:
+        return f"{value:.1e}" if value else "0"
+    return f"{value:.{digits}f}"
 
 
 def check_row(row: Target, index: dict[str, Path]) -> Outcome:

@@ -329,6 +329,15 @@ def device_type(net: nn.Module) -> str:
     return param.device.type if param is not None else "cpu"
 
 
+def cpu_bf16_native() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 / AMX). Without it bf16 is emulated: on an AVX2
+    EPYC a SmolLM2-135M training step took 215 s under bf16 autocast vs 7 s in fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(settings: TrainSettings, device: str):
     """Mixed precision for forward passes (training and evaluation); fp32: no autocast at all."""
     dtype = settings.autocast_dtype
@@ -412,6 +421,11 @@ class Engine:
 
     def _prepare_model(self) -> dict:
         out = dict(self.settings.describe())
+        if self.settings.precision == "bf16" and self.device == "cpu":
+            out["cpu_bf16_native"] = cpu_bf16_native()
+            if not out["cpu_bf16_native"]:
+                log.warning("train.precision=bf16 on a CPU without native bf16 (no AVX512-BF16 / AMX): the matmuls are "
+                            "emulated and a step can be tens of times slower than fp32; train.precision=fp32 is faster here")
         if self.ranks.active:
             out["distributed"] = self._describe_ranks()
         if self.settings.grad_checkpointing:
