@@ -190,9 +190,14 @@ def write_tables(frame: pd.DataFrame, tables_dir: Path, caption: str) -> dict:
     return {"table": table, "markdown": markdown, "paths": paths}
 
 
+def results_root(sweep_dir: Path, out: Path | None = None) -> Path:
+    """Where tables/ and plots/ go: `--out`, else the results root the sweep folder is in (<root>/runs/<sweep>)."""
+    return Path(out) if out else Path(sweep_dir).parent.parent
+
+
 def write_report(sweep_dir: Path, out_root: Path | None = None) -> dict:
     sweep_dir = Path(sweep_dir)
-    out_root = Path(out_root) if out_root else sweep_dir.parent.parent
+    out_root = results_root(sweep_dir, out_root)
     plots_dir = out_root / "plots" / sweep_dir.name
     plots_dir.mkdir(parents=True, exist_ok=True)
     frame = load_frame(sweep_dir)
@@ -205,7 +210,7 @@ def _compare(args) -> int:
     from tunebench.app.html_report import write_compare
 
     a, b = args.compare
-    out_root = Path(args.out) if args.out else a.parent.parent
+    out_root = results_root(a, args.out)
     out, table = write_compare(a, b, out_root / "tables" / f"{a.name}_vs_{b.name}.html")
     print(table.to_markdown(index=False, floatfmt=".4f"))
     print(f"-> {out}")
@@ -232,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.html:
             from tunebench.app.html_report import write_html
 
-            out_root = Path(args.out) if args.out else args.sweep_dir.parent.parent
-            result["paths"]["html"] = write_html(args.sweep_dir, out_root / "tables" / args.sweep_dir.name / "report.html")
+            page = results_root(args.sweep_dir, args.out) / "tables" / args.sweep_dir.name / "report.html"
+            result["paths"]["html"] = write_html(args.sweep_dir, page)
     except (FileNotFoundError, ValueError) as e:
         print(f"tunebench report: {e}")
         return 2
