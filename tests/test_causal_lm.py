@@ -179,6 +179,26 @@ def test_qlora_refuses_where_bitsandbytes_cannot_run(tiny):
         method_for(method_cfg).adapt(tiny[0], method_cfg)
 
 
+def test_prompt_tuning_text_init_embeds_its_text_with_the_models_own_tokenizer(tiny):
+    """prompt_tuning_init=TEXT needs a tokenizer path in peft; the default is the folder the model came from, and the
+    virtual tokens start as the embeddings of the init text's tokens (repeated to num_virtual_tokens)."""
+    from omegaconf import OmegaConf
+
+    from tunebench.core.configs import compose_group
+    from tunebench.methods import method_for
+
+    model, tokenizer = tiny
+    method_cfg = compose_group("method", "prompt")
+    OmegaConf.update(method_cfg, "peft.prompt_tuning_init", "TEXT")
+    OmegaConf.update(method_cfg, "peft.prompt_tuning_init_text", "answer the sum", force_add=True)
+    net = method_for(method_cfg).adapt(copy.deepcopy(model), method_cfg)
+    ids = tokenizer("answer the sum")["input_ids"]
+    ids = (ids * 10)[:10]
+    expected = model.get_input_embeddings().weight[ids].detach()
+    torch.testing.assert_close(net.prompt_encoder["default"].embedding.weight.detach(), expected)
+    assert net.peft_config["default"].tokenizer_name_or_path == str(model.name_or_path)
+
+
 def test_a_tiny_causal_lm_trains_through_the_cli_with_lora_and_prefix_tuning(tmp_path, tiny_llama_dir):
     proc = run_tunebench(["run", "-m", "data=arithmetic", "model=hf", f"model.name={tiny_llama_dir}", "method=lora,prefix",
                           "logger=none", "sweep=tiny_lm", "data.train_size=24", "data.validation_size=4",
