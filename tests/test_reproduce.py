@@ -49,6 +49,11 @@ def test_kinds_judge_the_mean_as_documented():
     agrees, measured, _ = rp.compare(target(kind="ci", metric="test_acc", target=0.826), values)
     assert not agrees and measured == "0.8000 (mean of 3) [0.7752, 0.8248]"
     assert not rp.compare(target(kind="ci", metric="test_acc", target=0.80), [0.80])[0]  # one run has no interval
+    # a tolerance tighter than 1e-4 is printed with its digits, not as 0.0000
+    assert rp.compare(target(kind="abs", metric="test_macro_f1", target=0.98045628, tolerance=1e-6), [0.98045628]) == (
+        True, "0.980456", "off by 0 <= 0.000001")
+    assert rp.compare(target(kind="abs", metric="test_macro_f1", target=0.9804, tolerance=1e-6), [0.98045628])[2] == (
+        "off by 0.000056 > 0.000001")
 
 
 @pytest.mark.parametrize("fields, message", [
