@@ -44,15 +44,20 @@ def digits_holdout(cfg) -> Task:
     labels = bunch.target.astype(np.int64)
     train_rows, test_rows = train_test_split(np.arange(len(labels)), test_size=float(cfg.test_size),
                                              random_state=int(cfg.split_seed))
-    source = "scikit-learn load_digits (digits_holdout)"
+    meta = {"image_size": [8, 8], "channels": 1, "source": "scikit-learn load_digits (digits_holdout)",
+            "split": "train_test_split"}
+    return train_test_task("digits_holdout", images, labels, DIGIT_CLASSES, train_rows, test_rows, meta)
 
+
+def train_test_task(name: str, images: list, labels: np.ndarray, classes: list[str], train_rows: np.ndarray,
+                    test_rows: np.ndarray, meta: dict) -> Task:
+    """A task with the given train and test rows and no validation or pool part (a published protocol's own split)."""
     def part(rows: np.ndarray, labeled: bool = True) -> Split:
-        return Split([images[i] for i in rows], labels[rows], labeled=labeled, source=source, rows=rows)
+        return Split([images[i] for i in rows], labels[rows], labeled=labeled, source=meta["source"], rows=rows)
 
     empty = np.arange(0)
-    meta = {"image_size": [8, 8], "channels": 1, "source": source, "split": "train_test_split"}
-    return Task(name="digits_holdout", modality="image", classes=list(DIGIT_CLASSES), train=part(train_rows),
-                validation=part(empty), test=part(test_rows), pool=part(empty, False), meta=meta)
+    return Task(name=name, modality="image", classes=list(classes), train=part(train_rows), validation=part(empty),
+                test=part(test_rows), pool=part(empty, False), meta=meta)
 
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -101,12 +106,6 @@ def fashion_mnist_standard(cfg) -> Task:
     pool part (the benchmark has none); data.train_size caps the training part (its first N, file order)."""
     pixels, labels, meta = _fashion_pixels(cfg)
     n_train = TRAIN_FILE_SIZE if cfg.get("train_size") is None else min(int(cfg.train_size), TRAIN_FILE_SIZE)
-    source = f"{meta['source']} (fashion_mnist_standard)"
-
-    def part(rows: np.ndarray, labeled: bool = True) -> Split:
-        return Split([pixels[i] for i in rows], labels[rows], labeled=labeled, source=source, rows=rows)
-
-    empty = np.arange(0)
-    return Task(name="fashion_mnist_standard", modality="image", classes=list(FASHION_CLASSES),
-                train=part(np.arange(n_train)), validation=part(empty), test=part(np.arange(TRAIN_FILE_SIZE, len(labels))),
-                pool=part(empty, False), meta={**meta, "split": "standard"})
+    meta = {**meta, "source": f"{meta['source']} (fashion_mnist_standard)", "split": "standard"}
+    return train_test_task("fashion_mnist_standard", pixels, labels, FASHION_CLASSES, np.arange(n_train),
+                           np.arange(TRAIN_FILE_SIZE, len(labels)), meta)
