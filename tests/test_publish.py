@@ -69,3 +69,21 @@ def test_published_claims_come_with_their_records():
             assert comparison.get("seeds"), f"{claim}: {comparison['peft']} has no paired seeds"
             assert len(comparison["seeds"]) >= 3, f"{claim}: {comparison['peft']} vs {comparison['reference']} on fewer than 3 seeds"
         assert run_ids, claim
+
+
+def test_the_summary_has_a_communication_column_only_when_a_comparison_has_that_part():
+    from tunebench.app.publish import claim_summary
+
+    def part(name, estimate, verdict="supported"):
+        return {"part": name, "estimate": estimate, "ci_low": None, "ci_high": None, "verdict": verdict,
+                "verdict_adjusted": verdict}
+
+    central = {"task": "rt", "refine": "none", "peft": "lora", "reference": "full", "seeds": [0, 1, 2],
+               "parts": [part("accuracy (PEFT - full, pt)", -1.0, "inconclusive"), part("trainable params (PEFT / full)", 0.003)]}
+    federated = {**central, "configuration": "federated.partition=iid",
+                 "parts": [*central["parts"], part("communication (PEFT / full)", 0.0033)]}
+    header, _, row = claim_summary([central, federated]).splitlines()[:3]
+    assert header.endswith("| train time ratio | communication ratio |")
+    assert row.endswith("| - | - | - |")  # the central comparison has no communication part
+    assert claim_summary([central, federated]).splitlines()[3].endswith("| 0.003: **supported** |")
+    assert "communication" not in claim_summary([central])

@@ -28,6 +28,7 @@ MIN_CLAIM_SEEDS = 3  # a published verdict rests on at least this many paired se
 BLOCK = re.compile(r"(<!-- published: (?P<source>[^ ]+) -->\n)(?P<body>.*?)(<!-- /published -->)", re.S)
 VERDICT_PARTS = {"accuracy": "accuracy, pt", "trainable params": "trainable params", "peak memory": "peak memory ratio",
                  "train time": "train time ratio"}
+OPTIONAL_PARTS = {"communication": "communication ratio"}  # a column only where some comparison has the part (federated)
 
 
 def _cell(part: dict) -> str:
@@ -42,18 +43,23 @@ def _cell(part: dict) -> str:
 
 def claim_summary(comparisons: list[dict]) -> str:
     """One row per comparison, one column per part: estimate [95% CI]: adjusted verdict."""
-    header = ["comparison", *VERDICT_PARTS.values()]
+    def parts_of(c: dict) -> dict:
+        return {p["part"].split(" (")[0]: p for p in c["parts"]}
+
+    present = {k for c in comparisons for k in parts_of(c)}
+    columns = {**VERDICT_PARTS, **{k: v for k, v in OPTIONAL_PARTS.items() if k in present}}
+    header = ["comparison", *columns.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
-        parts = {p["part"].split(" (")[0]: p for p in c["parts"]}
+        parts = parts_of(c)
         setting = f" {c['ways']}-way {c['shots']}-shot" if "ways" in c else ""
         config = f" [{c['configuration']}]" if c.get("configuration") else ""
         name = f"{c['task']}{setting} / {c['refine']}{config}: {c['peft']} vs {c['reference']}"
         seeds = f" ({len(c['seeds'])} seeds)" if c.get("seeds") else ""
         if "all" in parts:
-            cells = [_cell(parts["all"])] + ["-"] * (len(VERDICT_PARTS) - 1)
+            cells = [_cell(parts["all"])] + ["-"] * (len(columns) - 1)
         else:
-            cells = [_cell(parts[k]) if k in parts else "-" for k in VERDICT_PARTS]
+            cells = [_cell(parts[k]) if k in parts else "-" for k in columns]
         lines.append("| " + " | ".join([name + seeds, *cells]) + " |")
     return "\n".join(lines)
 
