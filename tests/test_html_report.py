@@ -138,12 +138,13 @@ def test_published_pages_are_current(tmp_path):
 
     published = ROOT / "results" / "published"
     sweeps = sorted(p.parent for p in published.glob("*/records") if any(p.glob("*.json")))
-    assert sweeps and (published / "plotly.min.js").is_file()
+    assert sweeps and all((published / name).is_file() for name in ("plotly.min.js", "report.css", "report.js"))
     for sweep_dir in sweeps:
         copy = tmp_path / sweep_dir.name
         shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("report.html"))
         page = write_page(copy)
         assert page.read_text() == (sweep_dir / "report.html").read_text(), f"{sweep_dir}/report.html is stale: tunebench publish results/published --pages"
+        assert "<style>" not in page.read_text() and 'href="../report.css"' in page.read_text()  # shared, not inlined
     pages = (published / "pages.md").read_text()
     assert all(f"[{s.name}](../results/published/{s.name}/report.html)" in pages for s in sweeps)
 
@@ -166,5 +167,10 @@ def test_report_html_through_the_cli_and_a_published_page_in_chromium(sweep, tmp
             assert [r for r in resources if not r.startswith(("file:", "data:", "blob:"))] == [], page
             assert driver.execute_script("return document.querySelectorAll('div[id^=fig-pareto]').length") == 3, page
             assert len(driver.find_elements("css selector", "#results tbody tr")) >= 3, page
+            # the style and the table script, inlined or shared, are applied: max-width from the style, sorting from the script
+            assert driver.execute_script("return getComputedStyle(document.body).maxWidth") == "1400px", page
+            header = driver.find_element("css selector", "#results th")
+            driver.execute_script("arguments[0].click()", header)
+            assert header.get_attribute("data-order") == "asc", page
     finally:
         driver.quit()

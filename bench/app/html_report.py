@@ -357,20 +357,24 @@ def _figure_html(fig, name: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
 
-def page(title: str, body: str, shared_js: Path | None = None, page_dir: Path | None = None) -> str:
-    """The whole page; plotly.js inlined, or (published pages, which live in the repository side by side) one
-    shared local copy, `shared_js`, referenced relatively: still no network and no server."""
+def page(title: str, body: str, shared_dir: Path | None = None, page_dir: Path | None = None) -> str:
+    """The whole page; plotly.js, the style and the table script inlined, or (published pages, which live in the
+    repository side by side) one shared local copy of each in `shared_dir`, referenced relatively: still no network
+    and no server."""
     from plotly.offline import get_plotlyjs
 
-    if shared_js is None:
-        plotly = f"<script>{get_plotlyjs()}</script>"
+    assets = {"report.css": STYLE, "plotly.min.js": get_plotlyjs(), "report.js": TABLE_SCRIPT}
+    if shared_dir is None:
+        head = "<style>{}</style><script>{}</script><script>{}</script>".format(*assets.values())
     else:
-        if not shared_js.is_file() or shared_js.read_text() != get_plotlyjs():
-            _write_atomic(shared_js, get_plotlyjs())
-        plotly = f'<script src="{_relative(str(shared_js), page_dir)}"></script>'
+        for name, text in assets.items():
+            if not (shared_dir / name).is_file() or (shared_dir / name).read_text() != text:
+                _write_atomic(shared_dir / name, text)
+        css, plotly, script = (html.escape(_relative(str(shared_dir / name), page_dir)) for name in assets)
+        head = f'<link rel="stylesheet" href="{css}"><script src="{plotly}"></script><script src="{script}"></script>'
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
-            f"content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title><style>{STYLE}</style>"
-            f"{plotly}<script>{TABLE_SCRIPT}</script></head><body>{body}</body></html>\n")
+            f"content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>{head}</head>"
+            f"<body>{body}</body></html>\n")
 
 
 def claim_comparisons(frame: pd.DataFrame, claim_file: Path | None) -> tuple[list[dict], str]:
@@ -382,10 +386,10 @@ def claim_comparisons(frame: pd.DataFrame, claim_file: Path | None) -> tuple[lis
     return check(frame), "tunebench claim with its default thresholds (no claim.json beside the report)"
 
 
-def write_html(sweep_dir: Path, out: Path, claim_file: Path | None = None, shared_js: Path | None = None,
+def write_html(sweep_dir: Path, out: Path, claim_file: Path | None = None, shared_dir: Path | None = None,
                name: str | None = None) -> Path:
     """report.html for the sweep's records; `claim_file`: a claim.json to show (default: the one beside `out`);
-    `shared_js`: a plotly.js file to reference instead of inlining it (see `page`)."""
+    `shared_dir`: a folder of shared plotly.js / style / script files to reference instead of inlining them (see `page`)."""
     sweep_dir, out = Path(sweep_dir), Path(out)
     name = name or sweep_dir.name
     frame = load_frame(sweep_dir)
@@ -400,7 +404,7 @@ def write_html(sweep_dir: Path, out: Path, claim_file: Path | None = None, share
     body = "".join([header, results_section(frame), failures_section(frame, out.parent), forest_section(comparisons, source),
                     pareto_section(frame), curves_section(records), family_sections(frame, records),
                     environment_section(frame, records, out.parent)])
-    _write_atomic(out, page(f"tunebench: {name}", body, shared_js, out.parent))
+    _write_atomic(out, page(f"tunebench: {name}", body, shared_dir, out.parent))
     return out
 
 

@@ -135,15 +135,12 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     return written
 
 
-PLOTLY_JS = "plotly.min.js"  # one copy for every published page (results/published/plotly.min.js)
-
-
 def write_page(dest: Path) -> Path:
-    """dest/report.html from the published copies of the records (its links point at them) and dest/claim.json,
-    then the index of every published page (pages.md, shown in docs/results.md)."""
+    """dest/report.html from the published copies of the records (its links point at them) and dest/claim.json, with
+    plotly.js, the style and the table script shared by every published page (results/published/), then the index of every published page (pages.md, shown in docs/results.md)."""
     from tunebench.app.html_report import write_html
 
-    page = write_html(dest / "records", dest / "report.html", shared_js=dest.parent / PLOTLY_JS, name=dest.name)
+    page = write_html(dest / "records", dest / "report.html", shared_dir=dest.parent, name=dest.name)
     pages = sorted(dest.parent.glob("*/report.html"))
     (dest.parent / "pages.md").write_text("\n".join(
         f"- [{p.parent.name}](../results/published/{p.parent.name}/report.html)" for p in pages) + "\n")
