@@ -266,7 +266,7 @@ def compare(row: Target, values: list[float]) -> tuple[bool, str, str]:
     text = _fmt(mean, row.metric, digits) + (f" (mean of {n})" if n > 1 else "")
     if row.kind == "abs":
         agrees = abs(mean - target) <= tol + 1e-12
-        off = _fmt(abs(mean - target), row.metric, digits + 1) if agrees and digits > 4 else _fmt(abs(mean - target), row.metric, digits)
+        off = _fmt(abs(mean - target), row.metric, digits)
         return agrees, text, f"off by {off} {'<=' if agrees else '>'} {_fmt(tol, row.metric, digits)}"
     if row.kind == "one_sided":
         agrees = mean >= target - tol - 1e-12
