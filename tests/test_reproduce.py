@@ -153,7 +153,9 @@ def test_sklearn_protocols_match_scikit_learn_and_the_lecture_notes_figure(tmp_p
     """method=sk_*: the pixels standardised on train or not (method.scaler), the training rows shuffled by the seed
     or not (method.shuffle), the estimator's stated parameters. Every record's score equals scikit-learn's own on
     the same split; without scaler and shuffle (experiment=digits_sklearn) 5-NN's macro F1 is the Scipy Lecture
-    Notes' printed 0.9804562804949924 (targets/scipy_lectures_digits.csv); no torch parameters are counted."""
+    Notes' printed 0.9804562804949924 (targets/scipy_lectures_digits.csv); no torch parameters are counted. The
+    expected scores are computed on one thread while the runs use every core: k-NN's result must not depend on it
+    (brute force breaks distance ties by thread chunk; sk_knn uses a k-d tree)."""
     from sklearn.datasets import load_digits
     from sklearn.metrics import f1_score
     from sklearn.model_selection import train_test_split
@@ -161,6 +163,7 @@ def test_sklearn_protocols_match_scikit_learn_and_the_lecture_notes_figure(tmp_p
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
     from sklearn.utils import shuffle
+    from threadpoolctl import threadpool_limits
 
     out = run_tunebench(["run", "-m", "experiment=digits_sklearn", "method=sk_knn,sk_gaussian_nb", "method.scaler=none,standard",
                          "method.shuffle=false,true", "seed=3", "cell_process=false"], tmp_path, timeout=300)
@@ -171,11 +174,13 @@ def test_sklearn_protocols_match_scikit_learn_and_the_lecture_notes_figure(tmp_p
     x, xt, y, yt = train_test_split(bunch.data.astype(np.float32), bunch.target, test_size=0.25, random_state=0)
     for record in records:
         method = record["config"]["method"]
-        estimator = GaussianNB(priors=[0.1] * 10) if method["name"] == "sk_gaussian_nb" else KNeighborsClassifier(5)
+        estimator = (GaussianNB(priors=[0.1] * 10) if method["name"] == "sk_gaussian_nb"
+                     else KNeighborsClassifier(5, algorithm="kd_tree"))
         scaler = StandardScaler().fit(x) if method["scaler"] == "standard" else None
         xa, xb = (scaler.transform(x), scaler.transform(xt)) if scaler else (x, xt)
         xa, ya = shuffle(xa, y, random_state=3) if method["shuffle"] else (xa, y)
-        expected = f1_score(yt, estimator.fit(xa, ya).predict(xb), average="macro")
+        with threadpool_limits(1):
+            expected = f1_score(yt, estimator.fit(xa, ya).predict(xb), average="macro")
         assert record["metrics"]["test_macro_f1"] == pytest.approx(expected, abs=1e-12), method
         engine = record["engine"]
         assert (engine["scaler"], engine["shuffled"], engine["train_examples"]) == (method["scaler"], method["shuffle"], 1347)
