@@ -52,11 +52,15 @@ run: $(STAMP)
 	$(VENV)/bin/tunebench status results/runs/quick > /dev/null || echo "[run] some cells are not ok: tunebench status results/runs/quick"; \
 	exit $$status
 
+# Test files run on TEST_WORKERS pytest-xdist workers, each file whole on one worker (its module fixtures are built
+# once; the local SLURM cluster and the SLURM tests stay in test_slurm.py's worker). Most of a CLI test's time is
+# a new process importing torch / transformers / peft on one core, so 2 workers use a 2-core machine's second core.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Regenerate the full transitive pin list from the current venv (maintainers only).
 lock:
