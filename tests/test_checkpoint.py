@@ -11,7 +11,7 @@ from tunebench.core.cache import cached
 from tunebench.core.checkpoint import AT_EVALS, RunCheckpoint, checkpoint_every
 from tunebench.app.runner import run_cell
 
-from .conftest import TINY, run_tunebench
+from .conftest import IN_PROCESS, TINY, run_tunebench
 from .test_runner import compose_cfg, records
 
 
@@ -180,8 +180,9 @@ def test_failed_build_leaves_no_entry(tmp_path):
     assert cached(tmp_path, "gan", {"k": 1}, lambda f: (f / "ok.txt").write_text("ok")).built
 
 
+@pytest.mark.slow
 def test_status_lists_launched_cells_without_a_record_as_missing(tmp_path):
-    out = run_tunebench(["run", "-m", "method=lora", "seed=0,1", *TINY, "sweep=miss"], tmp_path)
+    out = run_tunebench(["run", "-m", "method=lora", "seed=0,1", *TINY, IN_PROCESS, "sweep=miss"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sweep 'miss': 2 cells: 2 ok" in out.stdout
     sweep = tmp_path / "results" / "runs" / "miss"

@@ -4,7 +4,7 @@ import sys
 
 import pandas as pd
 
-from .conftest import ROOT, TINY, run_tunebench
+from .conftest import IN_PROCESS, ROOT, TINY, run_tunebench
 
 
 def test_unknown_method_lists_the_available_methods(tmp_path):
@@ -77,6 +77,7 @@ def test_python_m_from_the_project_root_still_finds_huggingface_datasets(tmp_pat
     assert "done" in out.stderr + out.stdout
 
 
+@pytest.mark.slow
 def test_python_m_multirun_from_the_project_root_counts_cells_from_records(tmp_path, tiny_bert_dir):
     """From the root, Hydra's plugin scan also finds hydra_plugins/ in the working tree; the sweep
     summary and the exit code must still see every launched cell."""
@@ -86,7 +87,7 @@ def test_python_m_multirun_from_the_project_root_counts_cells_from_records(tmp_p
     env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
     out = subprocess.run(
         [sys.executable, "-m", "tunebench.app.run", "-m", "method=lora", "method.impl=peft,nosuch",
-         f"model.name={tiny_bert_dir}", *TINY, "sweep=fromroot"],
+         f"model.name={tiny_bert_dir}", *TINY, IN_PROCESS, "sweep=fromroot"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 1, (out.stdout + out.stderr)[-2000:]

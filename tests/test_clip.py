@@ -43,6 +43,7 @@ def run(results, monkeypatch, *overrides) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_zero_shot_after_alignment_is_far_above_chance_and_wiseft_alpha_0_is_the_zero_shot_model(results, monkeypatch):
     record = run(results, monkeypatch, "method=clip_wiseft", "method.alphas=[0.0,0.5,1.0]")
     m, [alignment] = record["metrics"], record["refinements"]
@@ -115,6 +116,7 @@ def test_locked_towers_and_lora_train_only_what_they_say():
     assert lora["cost"]["params_trainable"] == 159_489 and lora["cost"]["trainable_pct"] < 1.0
 
 
+@pytest.mark.slow
 def test_lora_and_full_runs_pair_in_the_claim_and_the_report_shows_zero_shot_and_recall(results, monkeypatch):
     for seed in (0, 1):
         for method in ("clip_full", "clip_lora"):
@@ -135,6 +137,7 @@ def test_lora_and_full_runs_pair_in_the_claim_and_the_report_shows_zero_shot_and
         assert column in header
 
 
+@pytest.mark.slow
 def test_image_text_tasks_refuse_other_refinements_and_other_methods_refuse_pairs(results, monkeypatch):
     cfg = compose_in(results, monkeypatch, "method=clip_full", "refine=validated")
     assert run_cell(cfg) == "failed"

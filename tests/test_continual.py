@@ -36,6 +36,7 @@ def digits_sweep(tmp_path_factory):
     return root, sweep_records(root, "digits")
 
 
+@pytest.mark.slow
 def test_naive_forgets_the_first_experience_that_joint_keeps_and_replay_forgets_far_less(digits_sweep):
     _, records = digits_sweep
     metrics = {method: r["metrics"] for (method, _), r in records.items()}
@@ -54,6 +55,7 @@ def test_naive_forgets_the_first_experience_that_joint_keeps_and_replay_forgets_
     assert ewc["acc_matrix"][0][0] >= 0.9 and ewc["forgetting"] >= 0.9
 
 
+@pytest.mark.slow
 def test_records_hold_the_accuracy_matrix_and_avalanche_forgetting_agrees_with_it(digits_sweep):
     _, records = digits_sweep
     record = records[("cl_naive", 0)]
@@ -78,6 +80,7 @@ def test_records_hold_the_accuracy_matrix_and_avalanche_forgetting_agrees_with_i
     assert lora["config"]["method"]["claim_reference"] == "cl_naive"
 
 
+@pytest.mark.slow
 def test_report_shows_average_accuracy_forgetting_and_bwt_per_strategy(digits_sweep):
     root, _ = digits_sweep
     result = write_report(root / "results" / "runs" / "digits", root / "out")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY, TUNEBENCH, run_tunebench
+from .conftest import IN_PROCESS, TINY, TUNEBENCH, run_tunebench
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_sweep_records_skip_report_and_claim(tmp_path):
 
 
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
-    out = run_tunebench(["run", "-m", "method=lora", "method.impl=peft,nosuch", *TINY, "sweep=fail"], tmp_path)
+    out = run_tunebench(["run", "-m", "method=lora", "method.impl=peft,nosuch", *TINY, IN_PROCESS, "sweep=fail"], tmp_path)
     assert out.returncode == 1  # the sweep finished, but not every cell is ok
     statuses = sorted(r["status"] for r in run_records(tmp_path, "fail"))
     assert statuses == ["failed", "ok"]
@@ -57,7 +57,7 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_killed_sweep_resumes_with_exactly_one_record_per_cell(tmp_path):
-    args = [*TUNEBENCH, "run", "-m", "method=full,lora", "seed=0,1", *TINY, "sweep=kill"]
+    args = [*TUNEBENCH, "run", "-m", "method=full,lora", "seed=0,1", *TINY, IN_PROCESS, "sweep=kill"]
     env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
     runs = tmp_path / "results" / "runs" / "kill"
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -87,7 +87,7 @@ def test_killed_sweep_resumes_with_exactly_one_record_per_cell(tmp_path):
 
 
 def test_paper_check_counts_through_the_cli(tmp_path):
-    out = run_tunebench(["run", "-m", "experiment=paper_roberta"], tmp_path)
+    out = run_tunebench(["run", "-m", "experiment=paper_roberta", IN_PROCESS], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     cost = {r["cell"]["method"]: r["cost"] for r in run_records(tmp_path, "paper_roberta")}
     assert 124.5e6 < cost["full"]["params_trainable"] < 125.5e6
@@ -101,7 +101,7 @@ def test_methods_learn_on_real_sentences(tmp_path):
     validation accuracy at step 84 was 0.61-0.69 in the published sweep); full fine-tuning and LoRA get
     there in 60 (0.765 and 0.758 test accuracy here), which keeps the test a minute shorter."""
     common = ["logger=none", "data.train_size=2000", "data.validation_size=200", "data.test_size=400",
-              "train.batch_size=16", "train.evals=2", "sweep=learn"]
+              "train.batch_size=16", "train.evals=2", IN_PROCESS, "sweep=learn"]
     for cells in (["method=full,lora", "train.max_steps=60"], ["method=prefix"]):
         out = run_tunebench(["run", "-m", *cells, *common], tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]

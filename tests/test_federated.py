@@ -27,6 +27,7 @@ def tensor_bytes(path: Path) -> int:
 
 
 # -- end to end ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_client_one_round_trains_exactly_the_centralised_run(tmp_path):
     """Same data order, same RNG stream, same lr schedule: the adapter after 1 client x 1 round x 4 steps is
     the centralised run's after 4 steps (up to float summation order: the client trains on 1 thread)."""
@@ -49,6 +50,7 @@ def test_one_client_one_round_trains_exactly_the_centralised_run(tmp_path):
     assert any(t.abs().max().item() > 1e-3 for t in start.values())  # trained weights, not zeros on both sides
 
 
+@pytest.mark.slow
 def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path):
     """Bytes both ways per round = what the arm trains x clients. The same runs check two things that leave
     the traffic unchanged: Flower's central DP states epsilon at the configured delta, and each client
@@ -95,6 +97,7 @@ def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path)
         assert record["metrics"]["dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_client_that_raises_fails_the_cell_and_is_named(tmp_path):
     args = ["run", "method=lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1", "sweep=fail"]
     ray_dirs = set(Path("/tmp").glob("tb-ray-*"))

@@ -125,6 +125,7 @@ def digits_sweep(tmp_path_factory):
     return root, sweep_records(root, "digits")
 
 
+@pytest.mark.slow
 def test_maml_meta_test_accuracy_is_above_chance_with_a_ci_that_excludes_it(digits_sweep):
     _, records = digits_sweep
     m = records[("maml", 0)]["metrics"]
@@ -137,6 +138,7 @@ def test_maml_meta_test_accuracy_is_above_chance_with_a_ci_that_excludes_it(digi
     assert 0.0 <= m["test_macro_f1"] <= 1.0 and 0.0 <= m["best_val_acc"] <= 1.0
 
 
+@pytest.mark.slow
 def test_baselines_score_the_same_tasks_and_records_hold_the_few_shot_metrics(digits_sweep):
     _, records = digits_sweep
     accs = {method: r["metrics"]["meta_test_acc"] for (method, _), r in records.items()}
@@ -156,6 +158,7 @@ def test_baselines_score_the_same_tasks_and_records_hold_the_few_shot_metrics(di
     assert records[("fs_probe", 0)]["cost"]["params_trainable"] == 64 * 5 + 5
 
 
+@pytest.mark.slow
 def test_report_shows_meta_test_accuracy_with_its_ci_per_method(digits_sweep):
     root, records = digits_sweep
     result = write_report(root / "results" / "runs" / "digits", root / "out")

@@ -18,7 +18,7 @@ from tunebench.core.config_check import ConfigError, check_run_config
 from tunebench.datasets import load
 from tunebench.datasets.files import DataError
 
-from .conftest import TINY, TUNEBENCH, run_tunebench
+from .conftest import IN_PROCESS, TINY, TUNEBENCH, run_tunebench
 from .test_tasks import data_cfg
 
 
@@ -65,7 +65,7 @@ def test_train_size_larger_than_the_split_is_refused_not_capped():
 
 
 def test_an_invalid_cell_of_a_multirun_is_failed_and_the_summary_still_prints(tmp_path, tiny_bert_dir):
-    out = run_tunebench(["run", "-m", "seed=abc,0", f"model.name={tiny_bert_dir}", "method=lora", *TINY,
+    out = run_tunebench(["run", "-m", "seed=abc,0", f"model.name={tiny_bert_dir}", "method=lora", *TINY, IN_PROCESS,
                          "sweep=badseed"], tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 1 and "Traceback" not in log
@@ -159,7 +159,7 @@ def test_a_class_with_one_example_is_named_with_its_file_and_column(tmp_path):
 
 # -- one runner per cell ------------------------------------------------------------------------------------
 def test_two_identical_sweeps_started_together_run_each_cell_once(tmp_path, tiny_bert_dir):
-    args = [*TUNEBENCH, "run", "-m", "method=full,lora", "seed=0", f"model.name={tiny_bert_dir}", *TINY, "sweep=twice"]
+    args = [*TUNEBENCH, "run", "-m", "method=full,lora", "seed=0", f"model.name={tiny_bert_dir}", *TINY, IN_PROCESS, "sweep=twice"]
     env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results"), "PYTHONUNBUFFERED": "1"}
     sweeps = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for _ in range(2)]

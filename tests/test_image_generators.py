@@ -56,6 +56,7 @@ def two_sample_accuracy(real: np.ndarray, synthetic: np.ndarray, seed: int = 0) 
 
 # Measured with TEST_SETTINGS: gan TSTR 0.900, C2ST 0.83; diffusion TSTR 0.936, C2ST 0.78.
 # Defaults (default_config): gan TSTR 0.936 / C2ST 0.57 (3000 steps); diffusion TSTR 0.944 / C2ST 0.71.
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gan", "diffusion"])
 def test_train_on_synthetic_digits_classifies_real_digits_well_above_chance(trained, digits, kind):
     x, _, test_x, test_y = digits
@@ -69,6 +70,7 @@ def test_train_on_synthetic_digits_classifies_real_digits_well_above_chance(trai
     assert c2st < 0.95, c2st  # a generator that ignores the data is told apart at ~1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gan", "diffusion"])
 def test_same_seed_same_samples_and_save_load_round_trip(trained, kind, tmp_path):
     gen = trained[kind]
@@ -92,6 +94,7 @@ def test_training_is_deterministic_given_the_seed(digits, kind):
     assert not np.allclose(runs[0], runs[2])
 
 
+@pytest.mark.slow
 def test_sdedit_returns_the_input_at_strength_zero_and_keeps_labels_at_moderate_strength(trained, digits):
     x, y, test_x, test_y = digits
     gen = trained["diffusion"]

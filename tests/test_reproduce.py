@@ -88,6 +88,7 @@ def test_a_missing_column_fails_the_file(tmp_path):
         rp.read_targets(path)
 
 
+@pytest.mark.slow
 def test_run_measures_counts_and_judges_them(tmp_path, capsys):
     """--run runs the rows' cells (published configurations on the meta device), then judges them:
     LoRA on RoBERTa-base exactly 294,912 (Hu et al. 2021: 0.3M); GPT-2 M LoRA r=4 gives 393,216, not the
