@@ -3,6 +3,7 @@ import re
 import sys
 
 import pandas as pd
+import pytest
 
 from .conftest import IN_PROCESS, ROOT, TINY, run_tunebench
 
