@@ -57,11 +57,12 @@ run: $(STAMP)
 # once; the local SLURM cluster and the SLURM tests stay in test_slurm.py's worker). Most of a CLI test's time is
 # a new process importing torch / transformers / peft on one core, so 2 workers use a 2-core machine's second core.
 TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PYTEST) --durations=25
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Regenerate the full transitive pin list from the current venv (maintainers only).
 lock:

@@ -176,7 +176,7 @@ def test_sklearn_protocols_match_scikit_learn_and_the_lecture_notes_figure(tmp_p
     for record in records:
         method = record["config"]["method"]
         estimator = (GaussianNB(priors=[0.1] * 10) if method["name"] == "sk_gaussian_nb"
-                     else KNeighborsClassifier(5, algorithm="kd_tree"))
+                     else KNeighborsClassifier(**method["params"]))
         scaler = StandardScaler().fit(x) if method["scaler"] == "standard" else None
         xa, xb = (scaler.transform(x), scaler.transform(xt)) if scaler else (x, xt)
         xa, ya = shuffle(xa, y, random_state=3) if method["shuffle"] else (xa, y)
