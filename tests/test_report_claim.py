@@ -344,3 +344,19 @@ def test_federated_comparisons_get_a_communication_part_decided_by_the_bytes(tmp
     assert "communication" not in parts_of(run_check(central), "lora")  # no federated runs, no such part
     table = pd.read_csv(write_report(sweep)["paths"]["csv"]).set_index("method")
     assert table.loc["lora", "comm_mb"] == pytest.approx(8 * 300_000 / 2**20)
+
+
+def test_dp_runs_state_their_epsilon_in_the_table_and_runs_without_dp_say_so(tmp_path):
+    sweep = tmp_path / "runs" / "dp"
+    for seed, acc in enumerate([0.80, 0.82, 0.84]):
+        write_run(sweep, "lora", seed, acc, comm=8 * 300_000)
+        rid = write_run(sweep, "full", seed, acc, lr=1e-4, trainable=22_000_000, comm=8 * 91_000_000)
+        record = json.loads(rec.record_path(sweep, rid).read_text())
+        record["metrics"].update(dp_epsilon=12.301691480042894, dp_delta=1e-5)
+        rec.write_atomic(rec.record_path(sweep, rid), record)
+    paths = write_report(sweep)["paths"]
+    table = pd.read_csv(paths["csv"]).set_index("method")
+    assert table.loc["full", "dp_epsilon"] == pytest.approx(12.301691480042894) and pd.isna(table.loc["lora", "dp_epsilon"])
+    markdown = [line for line in paths["md"].read_text().splitlines() if "| full " in line or "| lora " in line]
+    assert "| 12.3 (1e-05) " in next(line for line in markdown if "| full " in line)
+    assert "| no DP " in next(line for line in markdown if "| lora " in line)

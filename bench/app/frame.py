@@ -15,7 +15,8 @@ import pandas as pd
 from tunebench.core.record import NON_SEMANTIC_KEYS, iter_record_files
 
 CELL_KEYS = ["task", "refine", "method", "lr", "seed", "model"]
-METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct"]
+METRIC_KEYS = ["test_acc", "test_macro_f1", "best_val_acc", "majority_baseline_test_acc", "test_correct",
+               "dp_epsilon", "dp_delta"]  # dp_*: federated runs with differential privacy (the stated guarantee)
 # Continual methods' own (methods/continual.py); absent (NaN) for every other method.
 CONTINUAL_KEYS = ["avg_acc", "forgetting", "bwt"]
 # CLIP methods' own (methods/clip.py): zero-shot accuracy with class prompts and retrieval recall@k.

@@ -70,6 +70,9 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         table["comm_mb"] = ok_groups["comm_bytes_total"].mean() / 2**20
         table["comm_client_round_mb"] = ok_groups["comm_bytes_per_client_round"].mean() / 2**20
         table["server_peak_mb"] = ok_groups["peak_memory_server_mb"].mean()
+    if "dp_epsilon" in frame and frame["dp_epsilon"].notna().any():  # DP: the same guarantee for every seed of an arm
+        table["dp_epsilon"] = ok_groups["dp_epsilon"].max()
+        table["dp_delta"] = ok_groups["dp_delta"].max()
     return table.reset_index()
 
 
@@ -123,6 +126,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["sent MB / client / round"] = table.comm_client_round_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
         out["sent MB total"] = table.comm_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.4g}")
         out["server peak MB"] = table.server_peak_mb.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+    if "dp_epsilon" in table:
+        out["DP ε (δ)"] = [("no DP" if pd.isna(e) else f"{e:.3g} ({d:.0e})") for e, d in zip(table.dp_epsilon, table.dp_delta)]
     return out
 
 
