@@ -13,12 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-# pytest-xdist workers share the cores: each worker, and every process its tests start, uses its share of them
-# (OpenMP threads for torch and BLAS), so two workers on two cores do not run four threads that wait on each other.
-# Set here, before anything imports torch. A test about thread counts passes its own OMP_NUM_THREADS.
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNEBENCH = [sys.executable, "-m", "tunebench.app.cli"]
