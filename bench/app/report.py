@@ -70,7 +70,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         table["comm_mb"] = ok_groups["comm_bytes_total"].mean() / 2**20
         table["comm_client_round_mb"] = ok_groups["comm_bytes_per_client_round"].mean() / 2**20
         table["server_peak_mb"] = ok_groups["peak_memory_server_mb"].mean()
-    if "dp_epsilon" in frame and frame["dp_epsilon"].notna().any():  # DP: the same guarantee for every seed of an arm
+    if "dp_epsilon" in frame and frame["dp_epsilon"].notna().any():  # DP: one guarantee per arm (max: the weakest, should seeds ever differ)
         table["dp_epsilon"] = ok_groups["dp_epsilon"].max()
         table["dp_delta"] = ok_groups["dp_delta"].max()
     return table.reset_index()
