@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from tunebench.core import federated as fed
@@ -112,6 +113,64 @@ def test_a_client_that_raises_fails_the_cell_and_is_named(tmp_path):
     assert set(Path("/tmp").glob("tb-ray-*")) == ray_dirs  # Ray's session folder is removed, failed or not
 
 
+@pytest.mark.slow
+def test_a_preempted_federated_run_resumes_at_its_next_round_and_trains_the_same_model(tmp_path, monkeypatch, tiny_bert_dir):
+    """FedAdam (its moments are the strategy's state), 2 clients whose dropout draws from their own RNG streams,
+    3 rounds: preempted in round 1, the requeued cell trains rounds 2 and 3 only and ends where the
+    uninterrupted run ends. In the test's process (run_cell), like the other families' resume test."""
+    import os
+    import signal
+
+    from tunebench.app.runner import run_cell
+
+    from .test_checkpoint import run_until_requeued
+    from .test_runner import compose_cfg, records as cell_records
+
+    overrides = [f"model.name={tiny_bert_dir}", "method=lora", "federated.strategy=fedadam", "federated.clients=2",
+                 "federated.rounds=3", "federated.local_steps=2", "train.batch_size=8", "save_model=true",
+                 "train.select_best=false"]  # the last round's model, not the best (round 1 on this random model)
+    assert run_cell(compose_cfg(tmp_path / "ref", monkeypatch, *overrides, f"paths.models={tmp_path}/ref-models")) == "ok"
+    [uninterrupted] = cell_records(tmp_path / "ref")
+
+    rounds_sent, real_send = [], fed.CountingGrid.send_and_receive
+
+    def send_then_maybe_signal(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages:  # a training round (the strategy's federated evaluation sends none: fraction_evaluate 0)
+            rounds_sent.append(1)
+            if len(rounds_sent) == signal_in_round:  # like `scancel --signal=USR1` while the clients train
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return real_send(self, messages, timeout=timeout)
+
+    monkeypatch.setattr(fed.CountingGrid, "send_and_receive", send_then_maybe_signal)
+    signal_in_round = 1
+    cfg = compose_cfg(tmp_path, monkeypatch, *overrides, f"paths.models={tmp_path}/models")
+    run_until_requeued(cfg)
+    assert len(rounds_sent) == 1 and not cell_records(tmp_path)  # no record: the job was requeued
+    checkpoint = tmp_path / "results" / "checkpoints" / "t" / uninterrupted["run_id"] / "train.pt"
+    assert checkpoint.exists()
+
+    rounds_sent.clear()
+    signal_in_round = 0
+    assert run_cell(cfg) == "ok"
+    [resumed] = cell_records(tmp_path)
+    assert len(rounds_sent) == 2 and resumed["resumed_from_step"] == 2 and uninterrupted["resumed_from_step"] == 0
+    assert [p["round"] for p in resumed["curve"]] == [1, 2, 3]
+    for key in ("val_acc", "val_macro_f1"):
+        assert [p[key] for p in resumed["curve"]] == [p[key] for p in uninterrupted["curve"]], key
+    assert resumed["metrics"]["test_correct"] == uninterrupted["metrics"]["test_correct"]
+    assert resumed["metrics"]["test_macro_f1"] == pytest.approx(uninterrupted["metrics"]["test_macro_f1"], abs=1e-12)
+    done, again = (r["engine"]["federated"]["rounds_detail"] for r in (uninterrupted, resumed))
+    assert [(r["clients"], r["replies"], r["bytes_up"]) for r in again] == [(r["clients"], r["replies"], r["bytes_up"]) for r in done]
+    assert resumed["cost"]["comm_bytes_total"] == uninterrupted["cost"]["comm_bytes_total"]
+    assert not checkpoint.exists()  # removed once the record is written
+    with safe_open(uninterrupted["saved_model"] + "/adapter_model.safetensors", "pt") as a, \
+            safe_open(resumed["saved_model"] + "/adapter_model.safetensors", "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for key in a.keys():  # bit for bit: the same RNG draws (dropout), strategy state and data order
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+
+
 # -- units --------------------------------------------------------------------------------------------
 def settings(**values) -> fed.FederatedSettings:
     return fed.FederatedSettings.from_config({"strategy": "fedavg", **values})
@@ -164,6 +223,47 @@ def test_strategies_are_flowers_own_classes():
     assert fed.strategy_class("fedavg") is FedAvg
     assert fed.strategy_class("fedprox") is FedProx
     assert fed.strategy_class("fedadam") is FedAdam
+
+
+def test_a_checkpointed_dp_strategy_keeps_the_privacy_it_has_spent():
+    """A checkpoint pickles the strategy object: the DP wrapper's accountant must come back with its releases."""
+    import pickle
+
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    strategy = fed.build_strategy(settings(clients=4, dp={"noise_multiplier": 1.0, "clipping_norm": 0.5}))
+    for _ in range(3):
+        strategy.accountant.compose(GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=4, population_size=4))
+    restored = pickle.loads(fed.dump_strategy(strategy))
+    spent, back = strategy.privacy_spent(), restored.privacy_spent()
+    assert back.num_releases == spent.num_releases == 3
+    assert back.epsilon == spent.epsilon > 0 and back.delta == spent.delta == 1e-5
+    event = GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=4, population_size=4)
+    restored.accountant.compose(event), strategy.accountant.compose(event)  # and it goes on accounting
+    assert restored.privacy_spent().epsilon == strategy.privacy_spent().epsilon > spent.epsilon
+
+
+def test_a_resumed_strategy_counts_the_rounds_of_the_run():
+    """After a resume Flower's `start` counts from 1 again; the strategy (FedAdam's bias correction, the clients'
+    `server-round`) must see the run's rounds."""
+    from flwr.serverapp.strategy import FedAvg
+
+    seen = []
+
+    class Recording(FedAvg):
+        def configure_train(self, server_round, arrays, config, grid):
+            seen.append(("train", server_round))
+            return []
+
+        def aggregate_train(self, server_round, replies):
+            seen.append(("aggregate", server_round))
+            return None, None
+
+    inner = Recording()
+    later = fed.rounds_after(inner, 3)
+    later.configure_train(1, None, None, None), later.aggregate_train(1, [])
+    assert seen == [("train", 4), ("aggregate", 4)]
+    assert fed.rounds_after(inner, 0) is inner
 
 
 def test_the_reason_of_a_failed_client_is_its_own_message():

@@ -17,9 +17,15 @@ module only wires a family's training into it and measures what Flower does not:
   of the sampled clients, fails the cell (Flower alone would log "0 results and 2 failures" and finish).
 - **Evaluation** is the server's: the global model after each round on the shared validation split (the
   round curve, best-round selection), the test split once at the end.
+- **Checkpoint / resume** at round boundaries, with the run's checkpoint file and the engine's rules
+  (`train.checkpoint_every`, the preemption signal that SLURM / submitit send): the global weights, the
+  strategy object (FedAdam's moments, the DP accountant), the server's ledger and RNG, and each client's RNG
+  state (clients return it with their weights). A requeued cell starts Flower again at the next round and
+  trains the same model as an uninterrupted run.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -36,6 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from tunebench.core.checkpoint import AT_EVALS, PreemptionGuard, RunCheckpoint
 from tunebench.core.engine import (Engine, TrainJob, TrainSettings, batch_order, rng_state, set_rng_state,
                                    trainable_state)
 from tunebench.core.meter import CostMeter
@@ -356,6 +363,7 @@ class ClientPlan:
     make_net: Callable[[], torch.nn.Module]
     refinement: ClientRefinement | None = None
     fail_client: int | None = None  # tests: this client raises (TUNEBENCH_FEDERATED_FAIL)
+    client_rngs: dict = field(default_factory=dict)  # a resumed run: each client's RNG state at the checkpoint
 
 
 _CLIENT_NET: dict = {}
@@ -412,7 +420,7 @@ def _train_client(plan: ClientPlan, partition_id: int, round_: int, global_state
         raise ValueError(f"the server sent weights this client does not train: {sorted(missing)[:3]}")
     with torch.no_grad():
         net.load_state_dict(global_state, strict=False)
-    set_rng_state(pickle.loads(rng or plan.start_rng))
+    set_rng_state(pickle.loads(rng or plan.client_rngs.get(partition_id) or plan.start_rng))
     data, reports = _client_data(plan, partition_id)
     batches = client_batches(np.arange(len(data)), plan.train.batch_size, round_, plan.settings.local_steps, plan.seed)
     steps = plan.settings.local_steps
@@ -451,8 +459,9 @@ def client_app(plan: ClientPlan):
             plan, partition_id, int(config["server-round"]), msg.content["arrays"].to_torch_state_dict(),
             kept["rng"] if kept else None, float(config.get("proximal-mu", 0.0)))
         context.state["tunebench"] = ConfigRecord({"rng": rng})
+        # the RNG state goes back too (not counted as traffic: it is not a weight) so a checkpoint can keep it
         return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(state), "metrics": MetricRecord(metrics),
-                                   "client": ConfigRecord({"refinements": json.dumps(reports, default=str)})}),
+                                   "client": ConfigRecord({"refinements": json.dumps(reports, default=str), "rng": rng})}),
                        reply_to=msg)
 
     return app
@@ -468,10 +477,17 @@ class Ledger:
     failure: str | None = None
     privacy: dict | None = None
     client_refinements: dict = field(default_factory=dict)
+    client_rngs: dict = field(default_factory=dict)  # partition id -> the client's RNG state after its last round
+    wall_before: float = 0.0  # seconds of simulation before a resume
+    preempted: bool = False
 
 
 class RoundFailed(RuntimeError):
     pass
+
+
+class Preempted(RuntimeError):
+    """The server stops after a round whose checkpoint it saved because the job is being requeued."""
 
 
 class CountingGrid:
@@ -504,8 +520,9 @@ class CountingGrid:
                  "clients_detail": [dict(m.content["metrics"]) for m in ok]}
         self.ledger.rounds.append(entry)
         for m in ok:
-            self.ledger.client_refinements.setdefault(int(m.content["metrics"]["partition-id"]),
-                                                      json.loads(m.content["client"]["refinements"]))
+            pid = int(m.content["metrics"]["partition-id"])
+            self.ledger.client_refinements.setdefault(pid, json.loads(m.content["client"]["refinements"]))
+            self.ledger.client_rngs[pid] = m.content["client"]["rng"]
         wanted = math.ceil(self.settings.min_replies * len(messages) - 1e-9)
         if len(ok) < wanted:
             lost = len(messages) - len(replies)
@@ -552,24 +569,126 @@ def build_strategy(settings: FederatedSettings):
         raise ValueError(f"federated.dp with federated.strategy={settings.strategy}: {error}") from None
 
 
-def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evaluate: Callable[[int, dict], dict]):
+# -- checkpoints at round boundaries ------------------------------------------------------------------
+@dataclass
+class RoundCheckpoint:
+    """The run's checkpoint file (RunCheckpoint, the engine's) written after a federated round: when
+    `train.checkpoint_every` says so (at each round, the evaluation, under SLURM by default; or when a multiple of
+    N local steps is crossed), and always when the preemption signal has arrived."""
+    file: RunCheckpoint | None
+    settings: FederatedSettings
+    preemption: PreemptionGuard | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def due(self, round_: int) -> bool:
+        if self.file is None or round_ >= self.settings.rounds:
+            return False  # after the last round the record follows at once
+        if self.preemption is not None and self.preemption.requested:
+            return True
+        every, steps = self.file.every, self.settings.local_steps
+        return every == AT_EVALS or (every > 0 and round_ * steps // every > (round_ - 1) * steps // every)
+
+    def save(self, round_: int, arrays: dict, strategy, ledger: Ledger, eval_seconds: float) -> None:
+        wall = ledger.wall_before + time.perf_counter() - self.started
+        self.file.save({"federated_round": round_, "rounds": self.settings.rounds, "step": round_ * self.settings.local_steps,
+                        "arrays": arrays, "rng": rng_state(), "seconds": {"wall": wall, "eval": eval_seconds},
+                        # our own objects, from our own file: Flower's strategy (FedAdam's moments, the DP
+                        # accountant) and the ledger (rounds so far, the best round's weights, clients' RNG states)
+                        "strategy": dump_strategy(strategy), "ledger": pickle.dumps(ledger)})
+
+    def load(self) -> dict | None:
+        state = self.file.load() if self.file is not None else None
+        if not state:
+            return None
+        if "federated_round" not in state or state.get("rounds") != self.settings.rounds:
+            raise ValueError(f"checkpoint {self.file.path} is not one of a federated run of {self.settings.rounds} rounds "
+                             f"(it has {state.get('rounds', 'no rounds')}); delete it to start over")
+        state["strategy"], state["ledger"] = pickle.loads(state["strategy"]), pickle.loads(state["ledger"])
+        return state
+
+
+def dump_strategy(strategy) -> bytes:
+    """The strategy object, pickled for a checkpoint. Flower's RDP accountant (the DP wrapper's) holds modules,
+    which do not pickle: it goes as its own `state_dict` and is rebuilt from it."""
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    class StrategyPickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, RdpAccountant):
+                return _rebuilt_accountant, (obj.config, obj.state_dict())
+            return NotImplemented
+
+    buffer = io.BytesIO()
+    StrategyPickler(buffer).dump(strategy)
+    return buffer.getvalue()
+
+
+def _rebuilt_accountant(config, state: dict):
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    accountant = RdpAccountant(config, orders=tuple(state["orders"]))
+    accountant.load_state_dict(state)
+    return accountant
+
+
+def rounds_after(strategy, done: int):
+    """`strategy` continued after `done` rounds: Flower's `Strategy.start` numbers its rounds from 1, but a strategy
+    may use the number (FedAdam's bias correction, the DP wrapper's accounting) and it is what the clients get
+    as `server-round` (their data order, their learning-rate schedule), so each call gets the run's own round."""
+    from flwr.serverapp.strategy import Strategy
+
+    class RoundsAfter(Strategy):
+        def configure_train(self, server_round, arrays, config, grid):
+            return strategy.configure_train(server_round + done, arrays, config, grid)
+
+        def aggregate_train(self, server_round, replies):
+            return strategy.aggregate_train(server_round + done, replies)
+
+        def configure_evaluate(self, server_round, arrays, config, grid):
+            return strategy.configure_evaluate(server_round + done, arrays, config, grid)
+
+        def aggregate_evaluate(self, server_round, replies):
+            return strategy.aggregate_evaluate(server_round + done, replies)
+
+        def summary(self):
+            strategy.summary()
+
+    return RoundsAfter() if done else strategy
+
+
+def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evaluate: Callable[[int, dict], dict],
+               checkpoints: RoundCheckpoint, resumed: dict | None = None, eval_seconds: Callable[[], float] = lambda: 0.0):
+    """The ServerApp: Flower's strategy over `settings.rounds` rounds (the rest of them after `resumed`, a
+    RoundCheckpoint state), the server's evaluation after each round, a checkpoint when one is due."""
     from flwr.app import ArrayRecord, Context, MetricRecord
     from flwr.serverapp import Grid, ServerApp
 
     app = ServerApp()
+    done = resumed["federated_round"] if resumed else 0
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = build_strategy(settings)
+        strategy = resumed["strategy"] if resumed else build_strategy(settings)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord):
             if server_round == 0:
-                return None  # the initial model is the pretrained one: no round to score
-            return MetricRecord(evaluate(server_round, arrays.to_torch_state_dict()))
+                return None  # the initial model (pretrained, or the checkpoint's, already scored): no round to score
+            round_, state = done + server_round, arrays.to_torch_state_dict()
+            scores = MetricRecord(evaluate(round_, state))
+            if checkpoints.due(round_):
+                checkpoints.save(round_, state, strategy, ledger, eval_seconds())
+                if checkpoints.preemption is not None and checkpoints.preemption.requested:
+                    raise Preempted(f"preempted after round {round_}")
+            return scores
 
+        start = resumed["arrays"] if resumed else initial
         try:
-            strategy.start(grid=CountingGrid(grid, settings, ledger), initial_arrays=ArrayRecord.from_torch_state_dict(initial),
-                           num_rounds=settings.rounds, timeout=settings.timeout_s, evaluate_fn=evaluate_fn)
+            rounds_after(strategy, done).start(
+                grid=CountingGrid(grid, settings, ledger), initial_arrays=ArrayRecord.from_torch_state_dict(start),
+                num_rounds=settings.rounds - done, timeout=settings.timeout_s, evaluate_fn=evaluate_fn)
+        except Preempted:
+            ledger.preempted = True
+            return
         except Exception as error:  # noqa: BLE001 - the driver raises it after the simulation ends
             ledger.failure = ledger.failure or f"federated server: {type(error).__name__}: {error}"
             return
@@ -603,8 +722,10 @@ def _ray_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="tb-ray-"))
 
 
-def simulate(plan: ClientPlan, net: torch.nn.Module, evaluate: Callable[[int, dict], dict], ledger: Ledger) -> None:
-    """Run the Flower simulation of `plan`'s clients against a server holding `net`, filling `ledger`."""
+def simulate(plan: ClientPlan, net: torch.nn.Module, evaluate: Callable[[int, dict], dict], ledger: Ledger,
+             server: Callable[..., Any] | None = None) -> None:
+    """Run the Flower simulation of `plan`'s clients against a server holding `net`, filling `ledger`.
+    `server`: the ServerApp (default: `server_app` without checkpoints)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
 
@@ -618,11 +739,11 @@ def simulate(plan: ClientPlan, net: torch.nn.Module, evaluate: Callable[[int, di
     ray_dir = _ray_dir()
     backend["init_args"]["_temp_dir"] = str(ray_dir)
     try:
-        run_simulation(server_app=server_app(settings, ledger, exchanged_state(net), evaluate),
-                       client_app=client_app(plan), num_supernodes=settings.clients, backend_config=backend)
+        app = server or server_app(settings, ledger, exchanged_state(net), evaluate, RoundCheckpoint(None, settings))
+        run_simulation(server_app=app, client_app=client_app(plan), num_supernodes=settings.clients, backend_config=backend)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
-    if ledger.failure is None and len(ledger.curve) < settings.rounds:
+    if ledger.failure is None and not ledger.preempted and len(ledger.curve) < settings.rounds:
         ledger.failure = (f"federated: the simulation ended after {len(ledger.curve)} of {settings.rounds} rounds "
                           f"(Flower's log above says why)")
 
@@ -637,9 +758,18 @@ def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_
     net, meter = run.model.net, run.meter
     labels = federation.train_split.y
     parts = partition(labels, settings, run.seed)
-    plan = ClientPlan(federation, parts, settings, run.train, run.lr, run.seed, pickle.dumps(rng_state()), make_net,
-                      refinement, fail_client=_fail_client())
-    ledger = Ledger()
+    start_rng = pickle.dumps(rng_state())  # the clients' RNG before their first round: the run's, as it starts
+    checkpoints = RoundCheckpoint(run.checkpoint, settings, PreemptionGuard())
+    resumed = checkpoints.load()
+    ledger = resumed["ledger"] if resumed else Ledger()
+    done = resumed["federated_round"] if resumed else 0
+    if resumed:
+        set_rng_state(resumed["rng"])  # the server's (client sampling, DP noise)
+        meter.times["eval"] += resumed["seconds"]["eval"]
+        ledger.wall_before = resumed["seconds"]["wall"]
+        log.info("resuming from round %d/%d (%s)", done, settings.rounds, run.checkpoint.path)
+    plan = ClientPlan(federation, parts, settings, run.train, run.lr, run.seed, start_rng, make_net,
+                      refinement, fail_client=_fail_client(), client_rngs=dict(ledger.client_rngs))
 
     def evaluate(server_round: int, state: dict) -> dict:
         with torch.no_grad():
@@ -654,9 +784,13 @@ def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_
                  "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
         return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
 
-    started = time.perf_counter()
-    simulate(plan, net, evaluate, ledger)
-    wall = time.perf_counter() - started
+    started = checkpoints.started = time.perf_counter()
+    server = server_app(settings, ledger, exchanged_state(net), evaluate, checkpoints, resumed, lambda: meter.times["eval"])
+    with checkpoints.preemption as preemption:
+        simulate(plan, net, evaluate, ledger, server)
+        if ledger.preempted:
+            preemption.hand_over()  # the launcher (submitit) requeues the job and ends this process
+    wall = ledger.wall_before + time.perf_counter() - started
     if ledger.failure:
         raise RuntimeError(ledger.failure)
     if run.train.select_best and ledger.best["state"] is not None:
@@ -673,7 +807,7 @@ def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_
     if ledger.privacy:
         federated["privacy"] = ledger.privacy
         metrics.update(dp_epsilon=ledger.privacy["epsilon"], dp_delta=ledger.privacy["delta"])
-    return Result(metrics, ledger.curve, 0, {"federated": federated})
+    return Result(metrics, ledger.curve, done * settings.local_steps, {"federated": federated})
 
 
 def _charge(meter: CostMeter, ledger: Ledger, wall: float) -> None:
