@@ -13,7 +13,7 @@ from safetensors import safe_open
 from tunebench.core import federated as fed
 from tunebench.core.engine import batch_order
 
-from .conftest import TINY, run_tunebench
+from .conftest import IN_PROCESS, TINY, run_tunebench
 
 FED = ["federated.strategy=fedavg", "federated.rounds=1"]
 
@@ -34,7 +34,7 @@ def test_one_client_one_round_trains_exactly_the_centralised_run(tmp_path):
     the centralised run's after 4 steps (up to float summation order: the client trains on 1 thread)."""
     args = ["run", "-m", "method=lora", "seed=0", *TINY, "train.evals=1", "save_model=true", f"paths.models={tmp_path}/models",
             "federated.strategy=none,fedavg", "federated.clients=1", "federated.rounds=1", "federated.local_steps=4",
-            "sweep=same"]
+            IN_PROCESS, "sweep=same"]
     out = run_tunebench(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     by = {r["config"]["federated"]["strategy"]: r for r in records(tmp_path, "same")}
@@ -59,7 +59,7 @@ def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path)
     args = ["run", "-m", "method=full,lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1",
             "federated.dp.noise_multiplier=1.0", "federated.dp.clipping_norm=0.5",
             "refine=augmented", "refine.augmented.augmenter=wordnet", "refine.augmented.filter=false",
-            "save_model=true", f"paths.models={tmp_path}/models", "sweep=bytes"]
+            "save_model=true", f"paths.models={tmp_path}/models", IN_PROCESS, "sweep=bytes"]
     out = run_tunebench(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     by = {r["config"]["method"]["name"]: r for r in records(tmp_path, "bytes")}
