@@ -225,6 +225,20 @@ def test_strategies_are_flowers_own_classes():
     assert fed.strategy_class("fedadam") is FedAdam
 
 
+def test_a_federated_checkpoint_is_due_by_the_engines_rule_over_each_rounds_steps(tmp_path):
+    """5 rounds of 10 local steps: every 15 steps saves after rounds 2 (step 15) and 3 (step 30); at evaluations, after
+    every round; never after the last (the record follows); 0 only when preempted."""
+    from tunebench.core.checkpoint import AT_EVALS, RunCheckpoint
+
+    def due_rounds(every):
+        checkpoints = fed.RoundCheckpoint(RunCheckpoint(tmp_path / "train.pt", every), settings(rounds=5, local_steps=10))
+        return [r for r in range(1, 6) if checkpoints.due(r)]
+
+    assert due_rounds(15) == [2, 3]
+    assert due_rounds(AT_EVALS) == [1, 2, 3, 4]
+    assert due_rounds(0) == []
+
+
 def test_a_checkpointed_dp_strategy_keeps_the_privacy_it_has_spent():
     """A checkpoint pickles the strategy object: the DP wrapper's accountant must come back with its releases."""
     import pickle

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tunebench.core.checkpoint import AT_EVALS, PreemptionGuard, RunCheckpoint
+from tunebench.core.checkpoint import PreemptionGuard, RunCheckpoint
 from tunebench.core.engine import (Engine, TrainJob, TrainSettings, batch_order, rng_state, set_rng_state,
                                    trainable_state)
 from tunebench.core.meter import CostMeter
@@ -580,18 +580,25 @@ class RoundCheckpoint:
     preemption: PreemptionGuard | None = None
     started: float = field(default_factory=time.perf_counter)
 
+    @property
+    def preempted(self) -> bool:
+        return self.preemption is not None and self.preemption.requested
+
     def due(self, round_: int) -> bool:
+        """The engine's rule over the round's local steps (the round's last step is its evaluation)."""
         if self.file is None or round_ >= self.settings.rounds:
             return False  # after the last round the record follows at once
-        if self.preemption is not None and self.preemption.requested:
-            return True
-        every, steps = self.file.every, self.settings.local_steps
-        return every == AT_EVALS or (every > 0 and round_ * steps // every > (round_ - 1) * steps // every)
+        last = round_ * self.settings.local_steps
+        return self.preempted or any(self.file.due(step, step == last)
+                                     for step in range(last - self.settings.local_steps + 1, last + 1))
+
+    def wall(self, ledger: Ledger) -> float:
+        """Seconds of simulation so far, those before a resume included."""
+        return ledger.wall_before + time.perf_counter() - self.started
 
     def save(self, round_: int, arrays: dict, strategy, ledger: Ledger, eval_seconds: float) -> None:
-        wall = ledger.wall_before + time.perf_counter() - self.started
         self.file.save({"federated_round": round_, "rounds": self.settings.rounds, "step": round_ * self.settings.local_steps,
-                        "arrays": arrays, "rng": rng_state(), "seconds": {"wall": wall, "eval": eval_seconds},
+                        "arrays": arrays, "rng": rng_state(), "seconds": {"wall": self.wall(ledger), "eval": eval_seconds},
                         # our own objects, from our own file: Flower's strategy (FedAdam's moments, the DP
                         # accountant) and the ledger (rounds so far, the best round's weights, clients' RNG states)
                         "strategy": dump_strategy(strategy), "ledger": pickle.dumps(ledger)})
@@ -677,7 +684,7 @@ def server_app(settings: FederatedSettings, ledger: Ledger, initial: dict, evalu
             scores = MetricRecord(evaluate(round_, state))
             if checkpoints.due(round_):
                 checkpoints.save(round_, state, strategy, ledger, eval_seconds())
-                if checkpoints.preemption is not None and checkpoints.preemption.requested:
+                if checkpoints.preempted:
                     raise Preempted(f"preempted after round {round_}")
             return scores
 
@@ -722,25 +729,23 @@ def _ray_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="tb-ray-"))
 
 
-def simulate(plan: ClientPlan, net: torch.nn.Module, evaluate: Callable[[int, dict], dict], ledger: Ledger,
-             server: Callable[..., Any] | None = None) -> None:
-    """Run the Flower simulation of `plan`'s clients against a server holding `net`, filling `ledger`.
-    `server`: the ServerApp (default: `server_app` without checkpoints)."""
+def simulate(plan: ClientPlan, server, ledger: Ledger, device: str) -> None:
+    """Run the Flower simulation of `plan`'s clients against `server` (a `server_app`), which fills `ledger`;
+    `device`: the server's model's (a CUDA run gives its clients GPUs)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # the rounds are logged here; Flower's summary repeats them
 
     settings = plan.settings
-    cpus, gpus, client_gpus = _resources(settings, next(net.parameters()).device.type)
+    cpus, gpus, client_gpus = _resources(settings, device)
     backend = {"client_resources": {"num_cpus": min(settings.client_cpus, cpus), "num_gpus": client_gpus},
                "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False,
                              "object_store_memory": 100 * 2**20, "log_to_driver": False}}
     ray_dir = _ray_dir()
     backend["init_args"]["_temp_dir"] = str(ray_dir)
     try:
-        app = server or server_app(settings, ledger, exchanged_state(net), evaluate, RoundCheckpoint(None, settings))
-        run_simulation(server_app=app, client_app=client_app(plan), num_supernodes=settings.clients, backend_config=backend)
+        run_simulation(server_app=server, client_app=client_app(plan), num_supernodes=settings.clients, backend_config=backend)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     if ledger.failure is None and not ledger.preempted and len(ledger.curve) < settings.rounds:
@@ -784,13 +789,13 @@ def fit_evaluate(federation: Federation, run, settings: FederatedSettings, make_
                  "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
         return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
 
-    started = checkpoints.started = time.perf_counter()
+    checkpoints.started = time.perf_counter()
     server = server_app(settings, ledger, exchanged_state(net), evaluate, checkpoints, resumed, lambda: meter.times["eval"])
     with checkpoints.preemption as preemption:
-        simulate(plan, net, evaluate, ledger, server)
+        simulate(plan, server, ledger, next(net.parameters()).device.type)
         if ledger.preempted:
             preemption.hand_over()  # the launcher (submitit) requeues the job and ends this process
-    wall = ledger.wall_before + time.perf_counter() - started
+    wall = checkpoints.wall(ledger)
     if ledger.failure:
         raise RuntimeError(ledger.failure)
     if run.train.select_best and ledger.best["state"] is not None:
