@@ -239,6 +239,16 @@ def test_a_federated_checkpoint_is_due_by_the_engines_rule_over_each_rounds_step
     assert due_rounds(0) == []
 
 
+def test_a_checkpoint_of_another_run_shape_is_refused_naming_the_file(tmp_path):
+    from tunebench.core.checkpoint import RunCheckpoint
+
+    file = RunCheckpoint(tmp_path / "train.pt")
+    file.save({"step": 3, "n_steps": 8})  # a central run's checkpoint
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'train.pt'} is not one of a federated run of 5 rounds "
+                                         r"\(it has no rounds\); delete it to start over"):
+        fed.RoundCheckpoint(file, settings(rounds=5)).load()
+
+
 def test_a_checkpointed_dp_strategy_keeps_the_privacy_it_has_spent():
     """A checkpoint pickles the strategy object: the DP wrapper's accountant must come back with its releases."""
     import pickle
