@@ -16,3 +16,20 @@ def test_the_heavy_imports_have_compiled_bytecode(module):
     source = importlib.import_module(module).__file__
     compiled = Path(importlib.util.cache_from_source(source))
     assert compiled.exists(), f"{module}: no bytecode at {compiled}; reinstall with `make venv` (compiles at install)"
+
+
+def test_each_worker_uses_its_share_of_the_cores():
+    """conftest gives each pytest-xdist worker (and the `tunebench` processes it starts) cores / workers torch threads,
+    set before torch is imported: more would oversubscribe the cores (see threads_per_worker)."""
+    import os
+
+    import torch
+
+    from .conftest import threads_per_worker
+
+    assert threads_per_worker(2, 2) == 1 and threads_per_worker(8, 2) == 4 and threads_per_worker(2, 4) == 1
+    if "PYTEST_XDIST_WORKER_COUNT" not in os.environ:
+        pytest.skip("not under pytest-xdist: torch keeps its default threads")
+    expected = threads_per_worker(len(os.sched_getaffinity(0)), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    assert os.environ["OMP_NUM_THREADS"] == str(expected)
+    assert torch.get_num_threads() == expected
