@@ -82,10 +82,12 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return out
 
 
-def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, env_extra: dict | None = None,
-                  **kwargs) -> subprocess.CompletedProcess:
+def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`tunebench <args>` in a new process (forked with the heavy imports done: tests/cli_process.py)."""
+    from .cli_process import run_cli
+
     env = {**os.environ, "TUNEBENCH_RESULTS": str(Path(cwd) / "results"), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([*TUNEBENCH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return run_cli(TUNEBENCH, args, cwd, env, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from tunebench.core.record import iter_records
 
-from .conftest import ROOT, TINY, run_tunebench
+from .conftest import IN_PROCESS, ROOT, TINY, run_tunebench
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 SLURM_DIR = Path(os.environ.get("TUNEBENCH_SLURM_DIR", "/tmp/tunebench-slurm"))
@@ -84,7 +84,7 @@ def test_sweep_runs_as_slurm_jobs_and_reports_like_a_local_run(slurm, tmp_path, 
     states = sacct_states(job_ids)
     assert all(states[j] == "COMPLETED" for j in job_ids), states
 
-    local = run_tunebench(["run", *cells, "sweep=onlocal"], tmp_path)
+    local = run_tunebench(["run", *cells, IN_PROCESS, "sweep=onlocal"], tmp_path)
     assert local.returncode == 0, (local.stdout + local.stderr)[-3000:]
     tables = {}
     for sweep in ("onslurm", "onlocal"):
