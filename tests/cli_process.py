@@ -15,6 +15,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+# The project root: on pytest's sys.path (it imports tests/ as a package), where its `datasets/` folder would shadow
+# HuggingFace's in the child; a real `python -m` run from elsewhere does not see it.
+ROOT = os.path.realpath(Path(__file__).resolve().parents[1])
+
 # What a `tunebench run` imports before it trains (a module missing here is imported by the child, only slower).
 PRELOAD = ["torch", "transformers.modeling_utils", "peft", "sklearn.metrics", "hydra", "omegaconf",
            "tunebench.app.cli", "tunebench.app.run", "tunebench.app.runner", "tunebench.core.engine"]
@@ -23,6 +27,7 @@ PRELOAD = ["torch", "transformers.modeling_utils", "peft", "sklearn.metrics", "h
 CHILD = r"""
 import atexit, os, sys, traceback
 os.chdir(cwd)
+sys.path[:] = [cwd, *(p for p in sys.path if p and os.path.realpath(p) != root)]  # as `python -m` from cwd
 os.environ.clear()
 os.environ.update(env)
 for fd, path in ((1, out), (2, err)):
@@ -79,7 +84,7 @@ def run_cli(command: list[str], args: list[str], cwd: Path, env: dict, timeout: 
         return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="tb-cli-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        scope = {"argv": list(args), "cwd": str(cwd), "env": dict(env), "out": str(out), "err": str(err)}
+        scope = {"argv": list(args), "cwd": str(cwd), "env": dict(env), "out": str(out), "err": str(err), "root": ROOT}
         child = _context().Process(target=exec, args=(CHILD, scope))
         child.start()
         child.join(timeout)
