@@ -78,7 +78,8 @@ def as_generation(task: Task, name: str, cfg) -> Task:
     def convert(split: Split) -> Split:
         return replace(split, targets=[task.classes[int(y)] for y in split.y])
 
-    meta = {**task.meta, "prompt_template": str(cfg.prompt_template), "answers": "label", "base_task": task.name,
+    meta = {**task.meta, "prompt_template": str(cfg.prompt_template), "instruction": cfg.get("instruction"),
+            "answers": "label", "base_task": task.name,
             "max_new_tokens": int(cfg.max_new_tokens)}
     return replace(task, name=name, modality="generation", train=convert(task.train), validation=convert(task.validation),
                    test=convert(task.test), pool=task.pool, meta=meta)  # the pool keeps its labels hidden
@@ -185,7 +186,8 @@ def arithmetic(cfg) -> Task:
 
     empty = Split([], np.zeros(0, dtype=np.int64), labeled=False, targets=[])
     meta = {"source": "synthetic: seeded templates in tunebench.datasets.generation (GSM8K format)",
-            "prompt_template": str(cfg.prompt_template), "answers": "gsm8k", "max_length": int(cfg.max_length),
+            "prompt_template": str(cfg.prompt_template), "instruction": cfg.get("instruction"), "answers": "gsm8k",
+            "max_length": int(cfg.max_length),
             "max_new_tokens": int(cfg.max_new_tokens),
             "ranges": {k: list(v) for k, v in ranges.items()}}
     return Task("arithmetic", "generation", [], split("train", 0), split("validation", 1), split("test", 2), empty, meta)
@@ -227,5 +229,6 @@ def hf_generation(cfg) -> Task:
         validation, train = train.subset(order[:n_val]), train.subset(order[n_val:])
     empty = Split([], np.zeros(0, dtype=np.int64), labeled=False, targets=[])
     meta = {"source": f"{cfg.train.path} -> {cfg.test.path}", "prompt_template": str(cfg.prompt_template),
+            "instruction": cfg.get("instruction"),
             "answers": str(cfg.answers), "max_length": int(cfg.max_length), "max_new_tokens": int(cfg.max_new_tokens)}
     return Task(str(cfg.task_name), "generation", [], train, validation, test, empty, meta)

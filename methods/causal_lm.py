@@ -216,6 +216,20 @@ def train_tokens(data: EncodedLM, batches) -> int:
     return int(sum(len(data.prompts[i]) + len(data.targets[i]) for batch in batches for i in batch))
 
 
+def start_from_instruction(method, net, tokenizer, task) -> None:
+    """`method.generation_init: instruction`: the method's learned prompt starts as the task's instruction
+    (`data.instruction`), before the first step (a resumed run then loads its trained prompt over it)."""
+    instruction = task.meta.get("instruction")
+    if not instruction:
+        raise ValueError(f"method.generation_init=instruction: data={task.name} has no instruction; set data.instruction "
+                         f"to a sentence that describes the task, or method.generation_init=null")
+    if dp.current().mode == "fsdp":
+        raise ValueError("method.generation_init=instruction: not under train.distributed=fsdp (the initialiser runs "
+                         "the unsharded model); use ddp, or generation_init=null")
+    method.start_from_instruction(net, tokenizer, str(instruction))
+    log.info("%s starts from the task's instruction: %r", method.name, str(instruction))
+
+
 def fit_evaluate_causal(method, run: RunContext) -> Result:
     """Train `run.model` (a causal LM, adapted by `method`) on a generation task and score the test split."""
     from .classifier import make_optimizer, run_batches
@@ -225,6 +239,8 @@ def fit_evaluate_causal(method, run: RunContext) -> Result:
     codec = PromptCodec(run.model.tokenizer, str(task.meta["prompt_template"]), int(task.meta.get("max_length", 256)))
     train, val, test = (codec.encode(s) for s in (task.train, task.validation, task.test))
     batches = run_batches(len(train), run.train, run.seed)
+    if run.method.get("generation_init") == "instruction":
+        start_from_instruction(method, net, run.model.tokenizer, task)
     method.before_training(net, len(batches))
     optimizer, scheduler = make_optimizer(net, run.method, run.lr, len(batches))
     job = CausalLMJob(method.name, net, codec, train, val, batches, optimizer, scheduler, run.train.eval_batch_size,

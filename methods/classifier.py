@@ -187,6 +187,11 @@ class SequenceClassifierMethod:
     def before_training(self, net, steps: int) -> None:
         """Once the step count is known (AdaLoRA's schedule needs it)."""
 
+    def start_from_instruction(self, net, tokenizer, instruction: str) -> None:
+        """`method.generation_init: instruction` on a causal LM: only methods with a learned prompt have one."""
+        raise ValueError(f"method={self.name}: generation_init=instruction starts a learned prompt from the task's "
+                         f"instruction, and this method has no learned prompt (prompt or prefix tuning have one)")
+
     def save(self, net, out_dir: str, state_dict: dict | None = None) -> None:
         """save_pretrained (peft: the adapter alone); `state_dict`: the gathered weights of an FSDP network."""
         net.save_pretrained(out_dir, **({"state_dict": state_dict} if state_dict is not None else {}))

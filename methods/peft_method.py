@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 from omegaconf import OmegaConf
-from peft import PeftConfig, TaskType, get_peft_model
+from peft import PeftConfig, PeftType, PromptTuningInit, TaskType, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from . import METHODS
@@ -100,10 +100,13 @@ class PeftMethod(SequenceClassifierMethod):
     def _adapt_causal(self, net, m):
         """A decoder: peft's CAUSAL_LM task type. Layer names differ from the encoder's (q_proj, not query), so
         the YAML's target lists give way to `method.decoder_target_modules`, or else to peft's defaults for
-        the architecture (LoRA: q_proj / v_proj; IA3: k_proj / v_proj / down_proj)."""
+        the architecture (LoRA: q_proj / v_proj; IA3: k_proj / v_proj / down_proj); prompt and prefix tuning
+        take `method.decoder_virtual_tokens` when set."""
         overrides = {key: None for key in ("target_modules", "feedforward_modules") if m.peft.get(key) is not None}
         if m.get("decoder_target_modules") is not None:
             overrides["target_modules"] = list(m.decoder_target_modules)
+        if m.get("decoder_virtual_tokens") is not None:  # prompt / prefix tuning: room for the task's instruction
+            overrides["num_virtual_tokens"] = int(m.decoder_virtual_tokens)
         overrides.update(self._step_placeholders(m.peft))
         defaults = {"task_type": TaskType.CAUSAL_LM, **_init_text_tokenizer(net, m.peft)}
         return wrap(net, peft_config(m.peft, defaults=defaults, overrides=overrides), self.name)
@@ -125,6 +128,32 @@ class PeftMethod(SequenceClassifierMethod):
                                  f"({config.tfinal}); lower them or train longer")
             config.total_step = steps
             net.base_model.rankallocator.set_total_step(steps)
+
+    def start_from_instruction(self, net, tokenizer, instruction: str) -> None:
+        """A learned prompt that starts as the task's instruction rather than at random, with peft's own
+        initialisers: prompt tuning's TEXT init (the instruction's token embeddings, repeated or cut to the
+        virtual tokens) and, for prefix tuning, the base model's keys and values of the instruction (peft's
+        initialize_kv_prefix_from_text, as peft's method comparison initialises its prefix-tuning run)."""
+        config = net.peft_config[net.active_adapter]
+        if config.peft_type == PeftType.PROMPT_TUNING:
+            from peft.tuners.prompt_tuning.model import PromptEmbedding
+
+            config.prompt_tuning_init, config.prompt_tuning_init_text = PromptTuningInit.TEXT, instruction
+            config.tokenizer_name_or_path = config.tokenizer_name_or_path or _init_text_tokenizer(
+                net, {"prompt_tuning_init": "TEXT"})["tokenizer_name_or_path"]
+            start = PromptEmbedding(config, net.word_embeddings).embedding.weight
+            net.prompt_encoder[net.active_adapter].embedding.weight.data.copy_(start)
+        elif config.peft_type == PeftType.PREFIX_TUNING:
+            from peft.tuners.cartridge.utils import initialize_kv_prefix_from_text
+
+            try:
+                initialize_kv_prefix_from_text(net, tokenizer, text=instruction)
+            except ValueError as e:
+                raise ValueError(f"method={self.name}: generation_init=instruction: {e} The instruction (in the model's "
+                                 f"chat template, if it has one) needs at least the prefix's {config.num_virtual_tokens} "
+                                 f"virtual tokens (method.decoder_virtual_tokens)") from e
+        else:
+            super().start_from_instruction(net, tokenizer, instruction)
 
     def _adapt_image(self, net, m):
         from tunebench.core.image_models import add_visual_prompt, conv_and_linear_names

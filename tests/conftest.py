@@ -82,6 +82,18 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return out
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first (order within a file kept): `make test` hands whole files to its xdist
+    workers in this order, so the long files start at once and the short ones fill in at the end, instead of one
+    long file running alone on one thread at the end. (Side by side they no longer slow each other: each worker
+    has its own share of the cores, see threads_per_worker.)"""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    position = {item: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-slow[item.path], position[item]))
+
+
 def run_tunebench(args: list[str], cwd: Path, timeout: int = 900, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """`tunebench <args>` in a new process (forked with the heavy imports done: tests/cli_process.py)."""
     from .cli_process import run_cli

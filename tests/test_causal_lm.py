@@ -179,6 +179,53 @@ def test_qlora_refuses_where_bitsandbytes_cannot_run(tiny):
         method_for(method_cfg).adapt(tiny[0], method_cfg)
 
 
+def test_a_learned_prompt_starts_as_the_tasks_instruction(tiny):
+    """method.generation_init=instruction: prompt tuning's virtual tokens start as the instruction's token embeddings
+    (peft's TEXT init), prefix tuning's keys and values as the base model's for the instruction (peft's KV-prefix
+    init); a method without a learned prompt, or a task without an instruction, is refused by name."""
+    from types import SimpleNamespace
+
+    from tunebench.core.configs import compose_group
+    from tunebench.methods import method_for
+    from tunebench.methods.causal_lm import start_from_instruction
+
+    model, tokenizer = tiny
+    instruction = ("read the question, add the two numbers it gives one step at a time, write each step on its own "
+                   "line and then the final number after four hash signs")
+    task = SimpleNamespace(name="t", meta={"instruction": instruction})
+    prompt_cfg = compose_group("method", "prompt")
+    prompt = method_for(prompt_cfg)
+    net = prompt.adapt(copy.deepcopy(model), prompt_cfg)
+    start_from_instruction(prompt, net, tokenizer, task)
+    n = prompt_cfg.decoder_virtual_tokens  # a decoder's count, not the encoders' peft.num_virtual_tokens
+    assert n != prompt_cfg.peft.num_virtual_tokens and net.peft_config["default"].num_virtual_tokens == n
+    ids = tokenizer(instruction)["input_ids"][:n]
+    torch.testing.assert_close(net.prompt_encoder["default"].embedding.weight.detach(),
+                               model.get_input_embeddings().weight[ids].detach())
+    assert net.peft_config["default"].prompt_tuning_init_text == instruction
+
+    prefix_cfg = compose_group("method", "prefix")
+    prefix = method_for(prefix_cfg)
+    net = prefix.adapt(copy.deepcopy(model), prefix_cfg)
+    start_from_instruction(prefix, net, tokenizer, task)
+    ids = torch.tensor([tokenizer(instruction)["input_ids"]])
+    with torch.no_grad():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+    keys = cache.layers[0].keys if hasattr(cache, "layers") else cache[0][0]
+    n = prefix_cfg.decoder_virtual_tokens
+    packed = net.prompt_encoder["default"].embedding.weight.detach().view(n, 2 * model.config.num_hidden_layers, -1)
+    torch.testing.assert_close(packed[:, 0], keys[0, :, :n].transpose(0, 1).reshape(n, -1))
+    with pytest.raises(ValueError, match=r"needs at least the prefix's 24 virtual tokens \(method.decoder_virtual_tokens\)"):
+        start_from_instruction(prefix, net, tokenizer, SimpleNamespace(name="t", meta={"instruction": "too short"}))
+
+    lora_cfg = compose_group("method", "lora")
+    lora = method_for(lora_cfg)
+    with pytest.raises(ValueError, match="method=lora: generation_init=instruction .* no learned prompt"):
+        start_from_instruction(lora, lora.adapt(copy.deepcopy(model), lora_cfg), tokenizer, task)
+    with pytest.raises(ValueError, match="data=t has no instruction; set data.instruction"):
+        start_from_instruction(prompt, net, tokenizer, SimpleNamespace(name="t", meta={"instruction": None}))
+
+
 def test_prompt_tuning_text_init_embeds_its_text_with_the_models_own_tokenizer(tiny):
     """prompt_tuning_init=TEXT needs a tokenizer path in peft; the default is the folder the model came from, and the
     virtual tokens start as the embeddings of the init text's tokens (repeated to num_virtual_tokens)."""
@@ -191,6 +238,7 @@ def test_prompt_tuning_text_init_embeds_its_text_with_the_models_own_tokenizer(t
     method_cfg = compose_group("method", "prompt")
     OmegaConf.update(method_cfg, "peft.prompt_tuning_init", "TEXT")
     OmegaConf.update(method_cfg, "peft.prompt_tuning_init_text", "answer the sum", force_add=True)
+    OmegaConf.update(method_cfg, "decoder_virtual_tokens", None)  # peft.num_virtual_tokens (10), as on an encoder
     net = method_for(method_cfg).adapt(copy.deepcopy(model), method_cfg)
     ids = tokenizer("answer the sum")["input_ids"]
     ids = (ids * 10)[:10]

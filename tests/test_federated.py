@@ -16,6 +16,9 @@ from tunebench.core.engine import batch_order
 from .conftest import IN_PROCESS, TINY, run_tunebench
 
 FED = ["federated.strategy=fedavg", "federated.rounds=1"]
+# Two clients on one Ray actor (2 CPUs each, 2 available): they train one after the other in a process that imports
+# torch / transformers / peft once instead of twice. Tests of what clients do, not of how many run at once.
+ONE_ACTOR = "federated.client_cpus=2"
 
 
 def records(root: Path, sweep: str) -> list[dict]:
@@ -56,7 +59,7 @@ def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path)
     """Bytes both ways per round = what the arm trains x clients. The same runs check two things that leave
     the traffic unchanged: Flower's central DP states epsilon at the configured delta, and each client
     refines its own share (WordNet variants) and reports counts, not its sentences."""
-    args = ["run", "-m", "method=full,lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1",
+    args = ["run", "-m", "method=full,lora", "seed=0", *TINY, *FED, "federated.clients=2", ONE_ACTOR, "federated.local_steps=1",
             "federated.dp.noise_multiplier=1.0", "federated.dp.clipping_norm=0.5",
             "refine=augmented", "refine.augmented.augmenter=wordnet", "refine.augmented.filter=false",
             "save_model=true", f"paths.models={tmp_path}/models", IN_PROCESS, "sweep=bytes"]
@@ -100,7 +103,7 @@ def test_peft_sends_only_the_adapter_and_full_fine_tuning_every_weight(tmp_path)
 
 @pytest.mark.slow
 def test_a_client_that_raises_fails_the_cell_and_is_named(tmp_path):
-    args = ["run", "method=lora", "seed=0", *TINY, *FED, "federated.clients=2", "federated.local_steps=1", "sweep=fail"]
+    args = ["run", "method=lora", "seed=0", *TINY, *FED, "federated.clients=2", ONE_ACTOR, "federated.local_steps=1", "sweep=fail"]
     ray_dirs = set(Path("/tmp").glob("tb-ray-*"))
     out = run_tunebench(args, tmp_path, env_extra={"TUNEBENCH_FEDERATED_FAIL": "1"})
     assert out.returncode != 0
@@ -126,7 +129,7 @@ def test_a_preempted_federated_run_resumes_at_its_next_round_and_trains_the_same
     from .test_checkpoint import run_until_requeued
     from .test_runner import compose_cfg, records as cell_records
 
-    overrides = [f"model.name={tiny_bert_dir}", "method=lora", "federated.strategy=fedadam", "federated.clients=2",
+    overrides = [f"model.name={tiny_bert_dir}", "method=lora", "federated.strategy=fedadam", "federated.clients=2", ONE_ACTOR,
                  "federated.rounds=3", "federated.local_steps=2", "train.batch_size=8", "save_model=true",
                  "train.select_best=false"]  # the last round's model, not the best (round 1 on this random model)
     assert run_cell(compose_cfg(tmp_path / "ref", monkeypatch, *overrides, f"paths.models={tmp_path}/ref-models")) == "ok"
