@@ -59,10 +59,12 @@ run: $(STAMP)
 	exit $$status
 
 # Test files run on TEST_WORKERS pytest-xdist workers, each file whole on one worker (its module fixtures are built
-# once; the local SLURM cluster and the SLURM tests stay in test_slurm.py's worker). Most of a CLI test's time is
+# once; the local SLURM cluster and the SLURM tests stay in test_slurm.py's worker), in the order tests/conftest.py
+# collects them (heaviest first): xdist 3.8 would otherwise hand out files by test count, which put the two longest
+# files (test_e2e.py, test_slurm.py: 7 and 4 tests) last. Most of a CLI test's time is
 # a new process importing torch / transformers / peft on one core, so 2 workers use a 2-core machine's second core.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(PYTEST) --durations=25
 
