@@ -64,11 +64,16 @@ def _init_text_tokenizer(net, node) -> dict:
     is the model's own, so that is the default (the folder or hub name the model was loaded from)."""
     if str(node.get("prompt_tuning_init", "")).upper() != "TEXT" or node.get("tokenizer_name_or_path"):
         return {}
+    return {"tokenizer_name_or_path": _model_source(net)}
+
+
+def _model_source(net) -> str:
+    """The folder or hub name the model was loaded from (where its tokenizer is)."""
     source = getattr(net, "name_or_path", None) or getattr(getattr(net, "config", None), "_name_or_path", None)
     if not source:
         raise ValueError("method.peft.prompt_tuning_init=TEXT: set method.peft.tokenizer_name_or_path (this model "
                          "does not say where it was loaded from)")
-    return {"tokenizer_name_or_path": str(source)}
+    return str(source)
 
 
 def _is_causal_lm(net) -> bool:
@@ -139,8 +144,7 @@ class PeftMethod(SequenceClassifierMethod):
             from peft.tuners.prompt_tuning.model import PromptEmbedding
 
             config.prompt_tuning_init, config.prompt_tuning_init_text = PromptTuningInit.TEXT, instruction
-            config.tokenizer_name_or_path = config.tokenizer_name_or_path or _init_text_tokenizer(
-                net, {"prompt_tuning_init": "TEXT"})["tokenizer_name_or_path"]
+            config.tokenizer_name_or_path = config.tokenizer_name_or_path or _model_source(net)
             start = PromptEmbedding(config, net.word_embeddings).embedding.weight
             net.prompt_encoder[net.active_adapter].embedding.weight.data.copy_(start)
         elif config.peft_type == PeftType.PREFIX_TUNING:
