@@ -165,10 +165,31 @@ def target_logprobs(net, codec: PromptCodec, data: EncodedLM, batch_size: int,
     return dp.gather_values(sums, order), dp.gather_values(counts, order)
 
 
+def class_logprobs(net, codec: PromptCodec, data: EncodedLM, classes: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per example and class: summed log-probability of the class word (with EOS) after the prompt; and the
+    number of tokens of each class word."""
+    words = [codec.target_ids(c) for c in classes]
+    scores = np.stack([target_logprobs(net, codec, data, batch_size, [word])[0] for word in words], axis=1)
+    return scores, np.array([len(word) for word in words])
+
+
 def constrained_choice(net, codec: PromptCodec, data: EncodedLM, classes: list[str], batch_size: int) -> np.ndarray:
     """The class whose word (with EOS) is most likely after each prompt."""
-    scores = np.stack([target_logprobs(net, codec, data, batch_size, [codec.target_ids(c)])[0] for c in classes], axis=1)
-    return scores.argmax(1)
+    return class_logprobs(net, codec, data, classes, batch_size)[0].argmax(1)
+
+
+def score_test_split(net, codec: PromptCodec, test: EncodedLM, task, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each test example's summed target log-probability and target length, and on a label task the constrained
+    choice. A label task's target is its class word, so its log-probability is that class's choice score: one
+    pass per class, not one more for the targets (a quarter of the evaluation of a two-class task)."""
+    if str(task.meta.get("answers", "label")) != "label":
+        return *target_logprobs(net, codec, test, batch_size), None
+    scores, lengths = class_logprobs(net, codec, test, task.classes, batch_size)
+    gold = np.asarray(task.test.y)
+    rows = np.arange(len(gold))
+    if all(codec.target_ids(task.classes[y]) == target for y, target in zip(gold, test.targets)):
+        return scores[rows, gold], lengths[gold], scores.argmax(1)
+    return *target_logprobs(net, codec, test, batch_size), scores.argmax(1)  # targets that are not the class words
 
 
 def exact_matches(predictions: list[str], data: EncodedLM, answers: str) -> np.ndarray:
@@ -252,9 +273,8 @@ def fit_evaluate_causal(method, run: RunContext) -> Result:
         started = time.perf_counter()
         predictions, produced = generate(net, codec, test, run.train.eval_batch_size, max_new_tokens)
         generation_seconds = time.perf_counter() - started
-        logprob, counts = target_logprobs(net, codec, test, run.train.eval_batch_size)
-        if answers == "label":
-            choice = constrained_choice(net, codec, test, task.classes, run.train.eval_batch_size)
+        logprob, counts, choice = score_test_split(net, codec, test, task, run.train.eval_batch_size)
+        if choice is not None:
             metrics["test_choice_acc"] = float(np.mean(choice == task.test.y))
     correct = exact_matches(predictions, test, answers)
     loss = float(-logprob.sum() / max(1, counts.sum()))

@@ -3,6 +3,7 @@ arithmetic task, parameter counts of a published decoder config, and one tiny ru
 import copy
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def test_final_answer_and_normalisation():
 def test_constrained_choice_picks_the_most_likely_class_word_as_an_unbatched_model_would(tiny):
     """Batched, padded, longest-first scoring must equal the sum of log-probabilities of each class word
     computed one example at a time without padding."""
-    from tunebench.methods.causal_lm import constrained_choice, target_logprobs
+    from tunebench.methods.causal_lm import constrained_choice, score_test_split, target_logprobs
 
     net, tokenizer = tiny
     prompts = ["good film", "a dull and overlong story with no end", "fine", "bad acting but a great score overall",
@@ -119,6 +120,13 @@ def test_constrained_choice_picks_the_most_likely_class_word_as_an_unbatched_mod
     reference = np.stack([unbatched(c) for c in classes], axis=1).argmax(1)
     assert constrained_choice(net, codec, data, classes, 3).tolist() == reference.tolist()
     assert len(set(reference.tolist())) == 2, "both classes chosen somewhere: the check can fail"
+    # The test split's loss on a label task comes from the choice scores of the gold words: the same numbers.
+    task = SimpleNamespace(meta={"answers": "label"}, classes=classes,
+                           test=SimpleNamespace(y=np.array([classes.index(label) for label in labels])))
+    gold_sums, gold_counts = target_logprobs(net, codec, data, 3)
+    sums, counts, choice = score_test_split(net, codec, data, task, 3)
+    np.testing.assert_allclose(sums, gold_sums, rtol=1e-4, atol=1e-4)
+    assert counts.tolist() == gold_counts.tolist() and choice.tolist() == reference.tolist()
 
 
 def _worked_lines_are_right(solution: str) -> bool:

@@ -17,7 +17,7 @@ def run_records(root: Path, sweep: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((root / "results" / "runs" / sweep).glob("*.json"))]
 
 
-DEFAULT_SWEEP = ["run", "-m", "method=full,lora", "seed=0,1", *TINY, "sweep=e2e"]
+DEFAULT_SWEEP = ["run", "-m", "method=full,lora", "seed=0", *TINY, "sweep=e2e"]  # full fine-tuning, then LoRA
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,16 @@ def test_sweep_records_skip_report_and_claim(default_sweep):
     args = DEFAULT_SWEEP
     assert first.returncode == 0, first.stderr[-3000:]
     records = run_records(tmp_path, "e2e")
-    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
-    assert {(r["cell"]["method"], r["cell"]["seed"]) for r in records} == {("full", 0), ("full", 1), ("lora", 0), ("lora", 1)}
+    assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
+    assert {(r["cell"]["method"], r["cell"]["seed"]) for r in records} == {("full", 0), ("lora", 0)}
     job_dirs = [p.name for p in (tmp_path / "results" / "hydra" / "e2e").glob("*/*_*")]
     assert sorted(d.split("_", 1)[1] for d in job_dirs) == sorted(r["run_id"] for r in records)
-    assert "sweep 'e2e': 4 cells: 4 ok" in first.stdout + first.stderr
+    assert "sweep 'e2e': 2 cells: 2 ok" in first.stdout + first.stderr
 
     start = time.perf_counter()
     again = run_tunebench(args, tmp_path)
     log = again.stdout + again.stderr
-    assert again.returncode == 0 and log.count("skip ") == 4 and "4 skipped" in log
+    assert again.returncode == 0 and log.count("skip ") == 2 and "2 skipped" in log
     assert time.perf_counter() - start < 120  # no model is loaded for a skipped cell (generous: CI load)
 
     report = run_tunebench(["report", "results/runs/e2e"], tmp_path)
@@ -142,7 +142,7 @@ def test_peak_memory_does_not_depend_on_the_cells_before_it(tmp_path, default_sw
     alone = run_tunebench(["run", "-m", "method=lora", "seed=0", *TINY, "sweep=alone"], tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
     [first] = run_records(tmp_path, "alone")
-    sweep_root, sweep_run = default_sweep  # full fine-tuning seeds 0 and 1, then LoRA seeds 0 and 1
+    sweep_root, sweep_run = default_sweep  # full fine-tuning, then LoRA (seed 0)
     assert sweep_run.returncode == 0, sweep_run.stderr[-3000:]
     after = [r for r in run_records(sweep_root, "e2e") if r["cell"]["seed"] == 0]
     second = next(r for r in after if r["cell"]["method"] == "lora")

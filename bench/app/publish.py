@@ -2,7 +2,8 @@
 
 `publish` writes everything the project stands behind for one sweep into `results/published/<sweep>/`:
 the report tables (results.md / .csv / .tex), the claim (claim.md / .json and a one-table summary,
-claim_summary.md), what each refinement did (refinements.md, for sweeps over refinements), the cached-artefact list (artefacts.md, when the sweep used any) and a copy of every
+claim_summary.md), each arm against its task's trivial baseline (baseline.md, where records hold per-example test
+outcomes), what each refinement did (refinements.md, for sweeps over refinements), the cached-artefact list (artefacts.md, when the sweep used any) and a copy of every
 record (records/<run_id>.json), so each published number can be traced to the runs, their configs and
 the machines that made them (record `env.machine`).
 
@@ -118,6 +119,7 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
             (dest / name).unlink(missing_ok=True)
         print(f"no claim published for {sweep_dir.name}: a PEFT arm has fewer than {MIN_CLAIM_SEEDS} seeds paired "
               f"with its reference method (tunebench claim still judges it)")
+    written += write_baseline(frame, dest)
     if frame["refine"].nunique() > 1:
         (dest / "refinements.md").write_text(refinement_summary(frame) + "\n")
         written.append(dest / "refinements.md")
@@ -133,6 +135,19 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     written.append(records)
     written.append(write_page(dest))
     return written
+
+
+def write_baseline(frame, dest: Path) -> list[Path]:
+    """dest/baseline.md: each arm against its task's trivial baseline (tunebench.app.baseline); none (and a stale
+    one removed) when no record has per-example test outcomes and a baseline."""
+    from tunebench.app.baseline import baseline_markdown, baseline_rows
+
+    rows = baseline_rows(frame)
+    if rows.empty:
+        (dest / "baseline.md").unlink(missing_ok=True)
+        return []
+    (dest / "baseline.md").write_text(baseline_markdown(rows) + "\n")
+    return [dest / "baseline.md"]
 
 
 def write_page(dest: Path) -> Path:
@@ -187,17 +202,21 @@ def docs(repo: Path, check: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tunebench.app.frame import load_frame
+
     parser = argparse.ArgumentParser(prog="tunebench publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
     parser.add_argument("--to", type=Path, default=None, help="destination (default: results/published/<sweep name>)")
     parser.add_argument("--pages", action="store_true",
-                        help="instead: rewrite report.html of every published sweep from its published records (SWEEP_DIR: "
-                             "the published root, e.g. results/published)")
+                        help="instead: rewrite report.html and baseline.md of every published sweep from its published "
+                             "records (SWEEP_DIR: the published root, e.g. results/published)")
     args = parser.parse_args(argv)
     if args.pages:
         for folder in sorted(p.parent for p in args.sweep_dir.glob("*/records")):
             if any(folder.joinpath("records").glob("*.json")):
                 print(f"-> {write_page(folder)}")
+                for path in write_baseline(load_frame(folder / "records"), folder):
+                    print(f"-> {path}")
         return 0
     try:
         written = publish(args.sweep_dir, args.to or PUBLISHED / args.sweep_dir.name)
