@@ -12,7 +12,7 @@ def outcomes(rate: float, n: int, rng) -> str:
 
 def frame(arms: dict, baseline: float = 0.01, rng=None) -> pd.DataFrame:
     """arms: method -> one test_correct string per seed."""
-    rows = [{"comparison": "c", "task": "arithmetic", "refine": "none", "arm": method, "method": method, "lr": 1e-3,
+    rows = [{"comparison": "c", "configuration": "", "task": "arithmetic", "refine": "none", "arm": method, "method": method, "lr": 1e-3,
              "seed": seed, "status": "ok", "test_acc": correct.count("1") / len(correct), "test_correct": correct,
              "majority_baseline_test_acc": baseline}
             for method, seeds in arms.items() for seed, correct in enumerate(seeds)]

@@ -87,3 +87,20 @@ def test_the_summary_has_a_communication_column_only_when_a_comparison_has_that_
     assert row.endswith("| - | - | - |")  # the central comparison has no communication part
     assert claim_summary([central, federated]).splitlines()[3].endswith("| 0.003: **supported** |")
     assert "communication" not in claim_summary([central])
+
+
+def test_published_baseline_tables_are_current(tmp_path):
+    """Every published sweep's baseline.md is what `tunebench publish results/published --pages` writes from its records now."""
+    from tunebench.app.frame import load_frame
+    from tunebench.app.publish import write_baseline
+
+    published = REPO / "results" / "published"
+    sweeps = sorted(p.parent for p in published.glob("*/records") if any(p.glob("*.json")))
+    assert (published / "causal_quick" / "baseline.md").is_file()
+    for sweep_dir in sweeps:
+        written = write_baseline(load_frame(sweep_dir / "records"), tmp_path)
+        current = sweep_dir / "baseline.md"
+        if not written:
+            assert not current.exists(), f"{current} is stale: tunebench publish results/published --pages"
+            continue
+        assert written[0].read_text() == current.read_text(), f"{current} is stale: tunebench publish results/published --pages"

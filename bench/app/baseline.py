@@ -17,7 +17,7 @@ from scipy import stats as sps
 
 from tunebench.app.stats import ALPHA, adjust
 
-GROUP = ["comparison", "task", "refine", "method", "lr"]  # the report's rows: `method` is the arm (method and knobs)
+GROUP = ["comparison", "configuration", "task", "refine", "method", "lr"]  # the report's rows; `method`: the arm
 
 
 def seed_test(correct: str, baseline: float, tasks=None) -> tuple[float, float]:
@@ -56,8 +56,9 @@ def baseline_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline_markdown(table: pd.DataFrame) -> str:
+    configuration = {"configuration": table.configuration} if table.configuration.astype(bool).any() else {}
     shown = pd.DataFrame({
-        "task": table.task, "refine": table.refine, "method": table.method,
+        **configuration, "task": table.task, "refine": table.refine, "method": table.method,
         "lr": table.lr.map(lambda v: "-" if pd.isna(v) else f"{v:.1e}"), "seeds": table.seeds,
         "acc": table.acc.map("{:.4f}".format), "trivial baseline": table.baseline.map("{:.4f}".format),
         "weakest seed, 95% low": table.weakest_seed_low.map("{:.4f}".format),
