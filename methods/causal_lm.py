@@ -185,9 +185,9 @@ def score_test_split(net, codec: PromptCodec, test: EncodedLM, task, batch_size:
     if str(task.meta.get("answers", "label")) != "label":
         return *target_logprobs(net, codec, test, batch_size), None
     scores, lengths = class_logprobs(net, codec, test, task.classes, batch_size)
-    gold = np.asarray(task.test.y)
+    gold, words = np.asarray(task.test.y), [codec.target_ids(c) for c in task.classes]
     rows = np.arange(len(gold))
-    if all(codec.target_ids(task.classes[y]) == target for y, target in zip(gold, test.targets)):
+    if all(words[y] == target for y, target in zip(gold, test.targets)):
         return scores[rows, gold], lengths[gold], scores.argmax(1)
     return *target_logprobs(net, codec, test, batch_size), scores.argmax(1)  # targets that are not the class words
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from tunebench.app.claim import _resampling_units
 from tunebench.app.stats import ALPHA, adjust
 
 GROUP = ["comparison", "configuration", "task", "refine", "method", "lr"]  # the report's rows; `method`: the arm
@@ -25,9 +26,9 @@ def seed_test(correct: str, baseline: float, tasks=None) -> tuple[float, float]:
     independent draws: exact binomial test, Clopper-Pearson bound. Few-shot query predictions are not (those of
     one meta-test task share its support set): a one-sample t-test over the tasks' accuracies."""
     n, k = len(correct), correct.count("1")
-    if tasks is not None and np.isfinite(tasks) and 1 < int(tasks) < n and n % int(tasks) == 0:
-        per_task = np.array([c == "1" for c in correct], dtype=float).reshape(int(tasks), -1).mean(axis=1)
-        t = sps.ttest_1samp(per_task, baseline, alternative="greater")
+    units, _ = _resampling_units(np.array([[c == "1" for c in correct]], dtype=float), tasks)  # the claim's units
+    if units.shape[1] < n:  # meta-test tasks
+        t = sps.ttest_1samp(units[0], baseline, alternative="greater")
         return float(t.pvalue), float(t.confidence_interval(1 - ALPHA / 2).low)
     p = float(sps.binomtest(k, n, baseline, alternative="greater").pvalue) if 0 < baseline < 1 else float(k == 0)
     low = float(sps.beta.ppf(ALPHA / 2, k, n - k + 1)) if k > 0 else 0.0
