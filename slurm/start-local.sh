@@ -110,7 +110,7 @@ SlurmctldPort=$CTLD_PORT
 SlurmdPort=$((CTLD_PORT + 1))
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=cred_expire=30
+AuthInfo=cred_expire=15
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/run/slurmctld.pid

@@ -2,7 +2,6 @@
 import multiprocessing
 import os
 import signal
-import time
 
 import pytest
 
@@ -11,6 +10,7 @@ from tunebench.core.cache import cached
 from tunebench.core.checkpoint import AT_EVALS, RunCheckpoint, checkpoint_every
 from tunebench.app.runner import run_cell
 
+from .cache_worker import build_in_process
 from .conftest import IN_PROCESS, TINY, run_tunebench
 from .test_runner import compose_cfg, records
 
@@ -141,30 +141,17 @@ def test_unreadable_checkpoint_is_ignored(tmp_path):
     assert RunCheckpoint(path).load() is None
 
 
-def _build_in_process(args):
-    cache_dir, counter = args
-
-    def build(folder):
-        with open(counter, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(0.5)  # long enough that the other processes arrive while it builds
-        (folder / "artefact.txt").write_text("synthetic data")
-
-    entry = cached(cache_dir, "synthetic", {"ratio": 1.0, "data": "abc", "seed": 0}, build)
-    return str(entry.path), entry.built, (entry.path / "artefact.txt").read_text()
-
-
 def test_cache_entry_is_built_once_by_concurrent_processes(tmp_path):
     counter = tmp_path / "builds.txt"
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        results = pool.map(_build_in_process, [(tmp_path / "cache", counter)] * 4)
+        results = pool.map(build_in_process, [(tmp_path / "cache", counter)] * 4)
     assert len(counter.read_text().splitlines()) == 1  # one build, three waits
     assert len({path for path, _, _ in results}) == 1
     assert sorted(built for _, built, _ in results) == [False, False, False, True]
     assert {text for _, _, text in results} == {"synthetic data"}
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
     # A later run finds it without building; a different key builds a new entry.
-    assert _build_in_process((tmp_path / "cache", counter))[1] is False
+    assert build_in_process((tmp_path / "cache", counter))[1] is False
     other = cached(tmp_path / "cache", "synthetic", {"ratio": 2.0, "data": "abc", "seed": 0}, lambda f: None)
     assert other.built and other.path != results[0][0]
 

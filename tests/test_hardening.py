@@ -5,6 +5,7 @@ import os
 import re
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -159,11 +160,10 @@ def test_a_class_with_one_example_is_named_with_its_file_and_column(tmp_path):
 
 # -- one runner per cell ------------------------------------------------------------------------------------
 def test_two_identical_sweeps_started_together_run_each_cell_once(tmp_path, tiny_bert_dir):
-    args = [*TUNEBENCH, "run", "-m", "method=full,lora", "seed=0", f"model.name={tiny_bert_dir}", *TINY, IN_PROCESS, "sweep=twice"]
-    env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results"), "PYTHONUNBUFFERED": "1"}
-    sweeps = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for _ in range(2)]
-    logs = [s.communicate(timeout=900)[0] for s in sweeps]
+    args = ["run", "-m", "method=full,lora", "seed=0", f"model.name={tiny_bert_dir}", *TINY, IN_PROCESS, "sweep=twice"]
+    with ThreadPoolExecutor(2) as pool:  # two processes at once (forked with the imports done: run_tunebench)
+        sweeps = list(pool.map(lambda _: run_tunebench(args, tmp_path), range(2)))
+    logs = [s.stdout + s.stderr for s in sweeps]
     assert [s.returncode for s in sweeps] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     started = [line for log in logs for line in log.splitlines() if "tunebench][INFO] - run " in line]
     records = list(rec.iter_records(tmp_path / "results" / "runs" / "twice"))

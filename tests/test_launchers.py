@@ -30,3 +30,24 @@ def test_slurm_profiles_requeue_with_time_to_checkpoint():
     gpu = composed("launcher=slurm_gpu", "hydra.launcher.partition=a100").hydra.launcher
     assert gpu.partition == "a100" and gpu.gres == "gpu:1" and gpu.array_parallelism == 100
     assert gpu.setup[1].startswith("export HF_HOME=${SCRATCH:-$HOME}/hf")  # a literal ${ for the shell
+
+
+@pytest.mark.parametrize("profile, overrides, child", [
+    ("basic", [], True),  # each cell of a local multirun in its own process: peak memory independent of order
+    ("basic", ["count_only=true"], False),  # counts only: a child would add nothing but its start-up
+    ("basic", ["count_only=true", "cell_process=true"], True),  # asked for
+    ("submitit_local", [], False),  # submitit's jobs are processes already
+])
+def test_which_multirun_cells_run_in_a_child_process(profile, overrides, child):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from tunebench.app.cell import wanted
+
+    cfg = composed(f"launcher={profile}", *overrides)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert wanted(cfg) is child
+    finally:
+        HydraConfig.instance().cfg = None

@@ -6,7 +6,8 @@ one-time costs (lazy library initialisation, allocator arenas, kernel caches) an
 pages earlier ones left: measured, the first cell of a sweep came out up to 12x higher than the same
 cell run later. Each cell in a fresh process pays the same start-up, whatever ran before it, so its
 peak memory does not depend on the order of the sweep (`cell_process: auto`, the default: on with the
-basic launcher in a multirun; submitit and SLURM jobs are separate processes already).
+basic launcher in a multirun, except for `count_only` cells, which train nothing and have no test score, so
+the claim reads no memory from them; submitit and SLURM jobs are separate processes already).
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def wanted(cfg: DictConfig) -> bool:
         return setting == "true"
     if setting != "auto":
         raise ValueError(f"cell_process={cfg.cell_process!r}: expected auto, true or false")
+    if cfg.get("count_only"):
+        return False  # counts parameters, trains nothing: a child process would only add its start-up
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
