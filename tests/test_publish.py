@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from tunebench.app.publish import docs, publish
 
 from .test_report_claim import paired_strings, write_run
@@ -89,18 +91,58 @@ def test_the_summary_has_a_communication_column_only_when_a_comparison_has_that_
     assert "communication" not in claim_summary([central])
 
 
-def test_published_baseline_tables_are_current(tmp_path):
-    """Every published sweep's baseline.md is what `tunebench publish results/published --pages` writes from its records now."""
+def test_published_baseline_and_lr_choice_tables_are_current(tmp_path):
+    """Every published sweep's baseline.md and lr_choice.md are what `tunebench publish results/published --pages`
+    writes from its records now."""
     from tunebench.app.frame import load_frame
-    from tunebench.app.publish import write_baseline
+    from tunebench.app.publish import write_baseline, write_lr_choice
 
     published = REPO / "results" / "published"
     sweeps = sorted(p.parent for p in published.glob("*/records") if any(p.glob("*.json")))
-    assert (published / "causal_quick" / "baseline.md").is_file()
+    assert (published / "causal_quick" / "baseline.md").is_file() and (published / "causal_lr_grid" / "lr_choice.md").is_file()
     for sweep_dir in sweeps:
-        written = write_baseline(load_frame(sweep_dir / "records"), tmp_path)
-        current = sweep_dir / "baseline.md"
-        if not written:
-            assert not current.exists(), f"{current} is stale: tunebench publish results/published --pages"
-            continue
-        assert written[0].read_text() == current.read_text(), f"{current} is stale: tunebench publish results/published --pages"
+        frame = load_frame(sweep_dir / "records")
+        for name, write in (("baseline.md", write_baseline), ("lr_choice.md", write_lr_choice)):
+            written = write(frame, tmp_path)
+            current = sweep_dir / name
+            if not written:
+                assert not current.exists(), f"{current} is stale: tunebench publish results/published --pages"
+                continue
+            assert written[0].read_text() == current.read_text(), f"{current} is stale: tunebench publish results/published --pages"
+
+
+def test_the_method_configs_hold_the_lrs_their_published_grids_chose():
+    """conf/method/<name>.yaml's lr (encoders, experiment=lr_grid) and generation_lr (causal LMs,
+    experiment=causal_lr_grid) are the published grids' choices on validation: changing either side alone fails."""
+    from omegaconf import OmegaConf
+
+    from tunebench.app.frame import load_frame
+    from tunebench.app.lr_choice import chosen_lrs
+
+    for sweep, key in (("lr_grid_peft", "lr"), ("causal_lr_grid", "generation_lr")):
+        chosen = chosen_lrs(load_frame(REPO / "results" / "published" / sweep / "records"))
+        assert len(chosen) >= 6, (sweep, chosen)
+        for (_, method), lr in chosen.items():
+            configured = float(OmegaConf.load(REPO / "conf" / "method" / f"{method}.yaml")[key])
+            assert abs(configured - lr) <= 1e-9 * lr, (sweep, method, key, configured, lr)
+
+
+def test_lr_choice_takes_the_best_mean_over_tasks_ties_to_the_lower_lr_and_skips_incomplete_lrs():
+    import pandas as pd
+
+    from tunebench.app.lr_choice import chosen_lrs, lr_table
+
+    rows = []
+    for lr, a, b in ((1e-3, 0.2, 0.8), (3e-3, 0.4, 0.6), (1e-2, 0.3, 0.7)):  # lora: 0.5 at every lr, a tie
+        rows += [("lora", lr, "a", a), ("lora", lr, "b", b)]
+    rows += [("full", 1e-5, "a", 0.1), ("full", 1e-5, "b", 0.5), ("full", 3e-5, "a", 0.9),  # 3e-5 lacks task b
+             ("full", 1e-4, "a", 0.2), ("full", 1e-4, "b", 0.5), ("full", 1e-4, "b", 0.7)]  # task b: two seeds, mean 0.6
+    rows += [("ia3", 1e-2, "a", 0.9), ("ia3", 1e-2, "b", 0.9)]  # one lr: not a grid
+    frame = pd.DataFrame(rows, columns=["arm", "lr", "task", "best_val_acc"]).assign(status="ok", configuration="")
+    frame.loc[len(frame)] = {"arm": "full", "lr": 1e-3, "task": "a", "best_val_acc": 1.0, "status": "failed", "configuration": ""}
+    assert chosen_lrs(frame) == {("", "lora"): 1e-3, ("", "full"): 1e-4}
+    table = lr_table(frame)
+    assert set(table.method) == {"lora", "full"}
+    incomplete = table[(table.method == "full") & (table.lr == 3e-5)].iloc[0]
+    assert not incomplete.complete and not incomplete.chosen
+    assert table[(table.method == "full") & (table.lr == 1e-4)]["mean"].iloc[0] == pytest.approx(0.4)  # (0.2 + 0.6) / 2: tasks weigh equally

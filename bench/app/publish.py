@@ -3,7 +3,7 @@
 `publish` writes everything the project stands behind for one sweep into `results/published/<sweep>/`:
 the report tables (results.md / .csv / .tex), the claim (claim.md / .json and a one-table summary,
 claim_summary.md), each arm against its task's trivial baseline (baseline.md, where records hold per-example test
-outcomes), what each refinement did (refinements.md, for sweeps over refinements), the cached-artefact list (artefacts.md, when the sweep used any) and a copy of every
+outcomes), the learning rate each arm's validation chose (lr_choice.md, for lr grids), what each refinement did (refinements.md, for sweeps over refinements), the cached-artefact list (artefacts.md, when the sweep used any) and a copy of every
 record (records/<run_id>.json), so each published number can be traced to the runs, their configs and
 the machines that made them (record `env.machine`).
 
@@ -119,7 +119,7 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
             (dest / name).unlink(missing_ok=True)
         print(f"no claim published for {sweep_dir.name}: a PEFT arm has fewer than {MIN_CLAIM_SEEDS} seeds paired "
               f"with its reference method (tunebench claim still judges it)")
-    written += write_baseline(frame, dest)
+    written += write_baseline(frame, dest) + write_lr_choice(frame, dest)
     if frame["refine"].nunique() > 1:
         (dest / "refinements.md").write_text(refinement_summary(frame) + "\n")
         written.append(dest / "refinements.md")
@@ -148,6 +148,19 @@ def write_baseline(frame, dest: Path) -> list[Path]:
         return []
     (dest / "baseline.md").write_text(baseline_markdown(rows) + "\n")
     return [dest / "baseline.md"]
+
+
+def write_lr_choice(frame, dest: Path) -> list[Path]:
+    """dest/lr_choice.md: the lr each arm's validation score chose (tunebench.app.lr_choice); none (and a stale one
+    removed) when no arm ran at several lrs."""
+    from tunebench.app.lr_choice import lr_choice_markdown, lr_table
+
+    table = lr_table(frame)
+    if table.empty:
+        (dest / "lr_choice.md").unlink(missing_ok=True)
+        return []
+    (dest / "lr_choice.md").write_text(lr_choice_markdown(table) + "\n")
+    return [dest / "lr_choice.md"]
 
 
 def write_page(dest: Path) -> Path:
@@ -208,14 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
     parser.add_argument("--to", type=Path, default=None, help="destination (default: results/published/<sweep name>)")
     parser.add_argument("--pages", action="store_true",
-                        help="instead: rewrite report.html and baseline.md of every published sweep from its published "
+                        help="instead: rewrite report.html, baseline.md and lr_choice.md of every published sweep from its published "
                              "records (SWEEP_DIR: the published root, e.g. results/published)")
     args = parser.parse_args(argv)
     if args.pages:
         for folder in sorted(p.parent for p in args.sweep_dir.glob("*/records")):
             if any(folder.joinpath("records").glob("*.json")):
                 print(f"-> {write_page(folder)}")
-                for path in write_baseline(load_frame(folder / "records"), folder):
+                frame = load_frame(folder / "records")
+                for path in write_baseline(frame, folder) + write_lr_choice(frame, folder):
                     print(f"-> {path}")
         return 0
     try:
