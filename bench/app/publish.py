@@ -137,30 +137,29 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     return written
 
 
+def _write_table(path: Path, table, markdown) -> list[Path]:
+    """path <- markdown(table); none, and a stale one removed, when the table is empty."""
+    if table.empty:
+        path.unlink(missing_ok=True)
+        return []
+    path.write_text(markdown(table) + "\n")
+    return [path]
+
+
 def write_baseline(frame, dest: Path) -> list[Path]:
-    """dest/baseline.md: each arm against its task's trivial baseline (tunebench.app.baseline); none (and a stale
-    one removed) when no record has per-example test outcomes and a baseline."""
+    """dest/baseline.md: each arm against its task's trivial baseline (tunebench.app.baseline); none when no record
+    has per-example test outcomes and a baseline."""
     from tunebench.app.baseline import baseline_markdown, baseline_rows
 
-    rows = baseline_rows(frame)
-    if rows.empty:
-        (dest / "baseline.md").unlink(missing_ok=True)
-        return []
-    (dest / "baseline.md").write_text(baseline_markdown(rows) + "\n")
-    return [dest / "baseline.md"]
+    return _write_table(dest / "baseline.md", baseline_rows(frame), baseline_markdown)
 
 
 def write_lr_choice(frame, dest: Path) -> list[Path]:
-    """dest/lr_choice.md: the lr each arm's validation score chose (tunebench.app.lr_choice); none (and a stale one
-    removed) when no arm ran at several lrs."""
+    """dest/lr_choice.md: the lr each arm's validation score chose (tunebench.app.lr_choice); none when no arm ran
+    at several lrs."""
     from tunebench.app.lr_choice import lr_choice_markdown, lr_table
 
-    table = lr_table(frame)
-    if table.empty:
-        (dest / "lr_choice.md").unlink(missing_ok=True)
-        return []
-    (dest / "lr_choice.md").write_text(lr_choice_markdown(table) + "\n")
-    return [dest / "lr_choice.md"]
+    return _write_table(dest / "lr_choice.md", lr_table(frame), lr_choice_markdown)
 
 
 def write_page(dest: Path) -> Path:
