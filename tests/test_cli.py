@@ -4,9 +4,8 @@ import re
 import sys
 
 import pandas as pd
-import pytest
 
-from .conftest import IN_PROCESS, ROOT, TINY, run_tunebench
+from .conftest import IN_PROCESS, ROOT, run_tunebench
 
 
 def test_unknown_method_lists_the_available_methods(tmp_path):

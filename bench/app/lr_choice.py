@@ -28,7 +28,7 @@ def lr_table(frame: pd.DataFrame) -> pd.DataFrame:
             complete = bool(scores.notna().all())
             rows.append({"configuration": configuration, "method": arm, "lr": float(lr), **scores.to_dict(),
                          "mean": float(scores.mean()) if complete else float("nan"), "complete": complete,
-                         "seeds": int((runs.lr == lr).sum())})
+                         "runs": int((runs.lr == lr).sum())})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -51,10 +51,10 @@ def chosen_lrs(frame: pd.DataFrame) -> dict[tuple[str, str], float]:
 
 
 def lr_choice_markdown(table: pd.DataFrame) -> str:
-    tasks = [c for c in table.columns if c not in ("configuration", "method", "lr", "mean", "complete", "seeds", "chosen")]
+    tasks = [c for c in table.columns if c not in ("configuration", "method", "lr", "mean", "complete", "runs", "chosen")]
     configuration = {"configuration": table.configuration} if table.configuration.astype(bool).any() else {}
     shown = pd.DataFrame({
-        **configuration, "method": table.method, "lr": table.lr.map("{:.1e}".format), "runs": table.seeds,
+        **configuration, "method": table.method, "lr": table.lr.map("{:.1e}".format), "runs": table.runs,
         **{f"val {t}": table[t].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}") for t in tasks},
         "mean": [f"{m:.3f}" if c else "incomplete" for m, c in zip(table["mean"], table.complete)],
         "chosen": table.chosen.map(lambda c: "**chosen**" if c else ""),

@@ -119,7 +119,7 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
             (dest / name).unlink(missing_ok=True)
         print(f"no claim published for {sweep_dir.name}: a PEFT arm has fewer than {MIN_CLAIM_SEEDS} seeds paired "
               f"with its reference method (tunebench claim still judges it)")
-    written += write_baseline(frame, dest) + write_lr_choice(frame, dest)
+    written += write_arm_tables(frame, dest)
     if frame["refine"].nunique() > 1:
         (dest / "refinements.md").write_text(refinement_summary(frame) + "\n")
         written.append(dest / "refinements.md")
@@ -160,6 +160,11 @@ def write_lr_choice(frame, dest: Path) -> list[Path]:
     from tunebench.app.lr_choice import lr_choice_markdown, lr_table
 
     return _write_table(dest / "lr_choice.md", lr_table(frame), lr_choice_markdown)
+
+
+def write_arm_tables(frame, dest: Path) -> list[Path]:
+    """The per-arm tables made from the records alone: baseline.md and lr_choice.md (`publish` and `--pages`)."""
+    return write_baseline(frame, dest) + write_lr_choice(frame, dest)
 
 
 def write_page(dest: Path) -> Path:
@@ -227,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in sorted(p.parent for p in args.sweep_dir.glob("*/records")):
             if any(folder.joinpath("records").glob("*.json")):
                 print(f"-> {write_page(folder)}")
-                frame = load_frame(folder / "records")
-                for path in write_baseline(frame, folder) + write_lr_choice(frame, folder):
+                for path in write_arm_tables(load_frame(folder / "records"), folder):
                     print(f"-> {path}")
         return 0
     try:
