@@ -91,18 +91,19 @@ def test_the_summary_has_a_communication_column_only_when_a_comparison_has_that_
     assert "communication" not in claim_summary([central])
 
 
-def test_published_baseline_and_lr_choice_tables_are_current(tmp_path):
-    """Every published sweep's baseline.md and lr_choice.md are what `tunebench publish results/published --pages`
-    writes from its records now."""
+def test_published_arm_tables_are_current(tmp_path):
+    """Every published sweep's baseline.md, lr_choice.md and cost.md are what `tunebench publish results/published
+    --pages` writes from its records now."""
     from tunebench.app.frame import load_frame
-    from tunebench.app.publish import write_baseline, write_lr_choice
+    from tunebench.app.publish import ARM_TABLES
 
     published = REPO / "results" / "published"
     sweeps = sorted(p.parent for p in published.glob("*/records") if any(p.glob("*.json")))
     assert (published / "causal_quick" / "baseline.md").is_file() and (published / "causal_lr_grid" / "lr_choice.md").is_file()
+    assert (published / "causal_quick" / "cost.md").is_file()
     for sweep_dir in sweeps:
         frame = load_frame(sweep_dir / "records")
-        for name, write in (("baseline.md", write_baseline), ("lr_choice.md", write_lr_choice)):
+        for name, write in ARM_TABLES.items():
             written = write(frame, tmp_path)
             current = sweep_dir / name
             if not written:
@@ -146,3 +147,28 @@ def test_lr_choice_takes_the_best_mean_over_tasks_ties_to_the_lower_lr_and_skips
     incomplete = table[(table.method == "full") & (table.lr == 3e-5)].iloc[0]
     assert not incomplete.complete and not incomplete.chosen
     assert table[(table.method == "full") & (table.lr == 1e-4)]["mean"].iloc[0] == pytest.approx(0.4)  # (0.2 + 0.6) / 2: tasks weigh equally
+
+
+def test_cost_md_sums_each_cells_seconds_spans_first_start_to_last_finish_and_names_the_machines():
+    import pandas as pd
+
+    from tunebench.app.sweep_cost import cost_markdown, cost_table, sweep_totals
+
+    rows = [("a", "full", 100.0, 10.0, "2026-12-02T10:00:00+00:00", "2026-12-02T10:02:00+00:00", "EPYC, AVX512, 1 thread"),
+            ("a", "full", 300.0, 30.0, "2026-12-02T10:01:00+00:00", "2026-12-02T10:07:00+00:00", "EPYC, AVX2, 1 thread"),
+            ("a", "lora", 50.0, None, "2026-12-02T10:02:00+00:00", "2026-12-02T11:32:30+00:00", "EPYC, AVX512, 1 thread"),
+            ("a", "lora", 9e9, 9e9, "2026-12-02T09:00:00+00:00", "2026-12-02T12:00:00+00:00", "EPYC, AVX512, 1 thread")]
+    frame = pd.DataFrame(rows, columns=["task", "arm", "train_seconds", "eval_seconds", "started_at", "finished_at", "machine"])
+    frame = frame.assign(refine="none", configuration="", run_id=[f"r{i}" for i in range(4)],
+                         status=["ok", "ok", "ok", "failed"])
+    table = cost_table(frame)
+    full = table[table.arm == "full"].iloc[0]
+    assert (full.cells, full.train_s, full.eval_s) == (2, 200.0, 20.0)
+    totals = sweep_totals(table)
+    assert totals["cells"] == 3 and totals["seconds"] == pytest.approx(490.0)  # a failed cell counts nowhere
+    assert totals["span_seconds"] == pytest.approx(92.5 * 60)
+    assert totals["machines"] == ["EPYC, AVX2, 1 thread", "EPYC, AVX512, 1 thread"]
+    text = cost_markdown(table)
+    assert "2026-12-02 10:00 -> 11:32 UTC (1 h 32 min)" in text and "| 490 " in text
+    assert cost_table(frame.assign(status="failed")).empty
+    assert "| 3          | 490 " in cost_markdown(cost_table(frame.assign(started_at=None)))  # no times: no span, still the sums

@@ -127,6 +127,8 @@ def _row(path: Path, record: dict) -> dict:
     if row["device_seconds"] is None:  # one process, one device
         row["device_seconds"] = cost.get("train_seconds")
     row["slurm_job_id"] = slurm_job(record.get("env") or {})
+    row.update(started_at=record.get("started_at"), finished_at=record.get("finished_at"),
+               machine=machine_label((record.get("env") or {}).get("machine")))
     row["error"] = (record.get("error") or {}).get("message")
     return row
 
@@ -137,6 +139,16 @@ def fewshot_values(metrics: dict) -> dict:
     values = {k: metrics.get(k) for k in FEWSHOT_KEYS}
     values.update(meta_test_ci95_low=low, meta_test_ci95_high=high)
     return values
+
+
+def machine_label(machine: dict | None) -> str | None:
+    """`cpu model, instruction set, N threads` (+ GPUs): what a record's timings and float results depend on."""
+    if not machine:
+        return None
+    threads = machine.get("torch_threads")
+    parts = [machine.get("cpu_model") or "?", machine.get("torch_cpu_capability") or "?",
+             f"{threads} thread{'s' if threads != 1 else ''}" if threads else None, ", ".join(machine.get("cuda_devices") or [])]
+    return ", ".join(p for p in parts if p)
 
 
 def slurm_job(env: dict) -> str | None:

@@ -3,9 +3,11 @@
 `publish` writes everything the project stands behind for one sweep into `results/published/<sweep>/`:
 the report tables (results.md / .csv / .tex), the claim (claim.md / .json and a one-table summary,
 claim_summary.md), each arm against its task's trivial baseline (baseline.md, where records hold per-example test
-outcomes), the learning rate each arm's validation chose (lr_choice.md, for lr grids), what each refinement did (refinements.md, for sweeps over refinements), the cached-artefact list (artefacts.md, when the sweep used any) and a copy of every
-record (records/<run_id>.json), so each published number can be traced to the runs, their configs and
-the machines that made them (record `env.machine`).
+outcomes), the learning rate each arm's validation chose (lr_choice.md, for lr grids), what the sweep cost to run
+(cost.md: seconds per cell, span, machines), what each refinement did (refinements.md, for sweeps over refinements),
+the cached-artefact list (artefacts.md, when the sweep used any) and a copy of every record (records/<run_id>.json),
+so each published number can be traced to the runs, their configs and the machines that made them (record
+`env.machine`).
 
 `docs` regenerates every block of README.md (and docs/*.md) fenced by
 
@@ -162,9 +164,19 @@ def write_lr_choice(frame, dest: Path) -> list[Path]:
     return _write_table(dest / "lr_choice.md", lr_table(frame), lr_choice_markdown)
 
 
+def write_cost(frame, dest: Path) -> list[Path]:
+    """dest/cost.md: seconds per cell and the sweep's span and machines (tunebench.app.sweep_cost)."""
+    from tunebench.app.sweep_cost import cost_markdown, cost_table
+
+    return _write_table(dest / "cost.md", cost_table(frame), cost_markdown)
+
+
+ARM_TABLES = {"baseline.md": write_baseline, "lr_choice.md": write_lr_choice, "cost.md": write_cost}
+
+
 def write_arm_tables(frame, dest: Path) -> list[Path]:
-    """The per-arm tables made from the records alone: baseline.md and lr_choice.md (`publish` and `--pages`)."""
-    return write_baseline(frame, dest) + write_lr_choice(frame, dest)
+    """The per-arm tables made from the records alone (`publish` and `--pages`)."""
+    return [path for write in ARM_TABLES.values() for path in write(frame, dest)]
 
 
 def write_page(dest: Path) -> Path:
@@ -225,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
     parser.add_argument("--to", type=Path, default=None, help="destination (default: results/published/<sweep name>)")
     parser.add_argument("--pages", action="store_true",
-                        help="instead: rewrite report.html, baseline.md and lr_choice.md of every published sweep from its published "
+                        help="instead: rewrite report.html, baseline.md, lr_choice.md and cost.md of every published sweep from its published "
                              "records (SWEEP_DIR: the published root, e.g. results/published)")
     args = parser.parse_args(argv)
     if args.pages:
