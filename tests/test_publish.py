@@ -160,7 +160,8 @@ def test_cost_md_sums_each_cells_seconds_spans_first_start_to_last_finish_and_na
             ("a", "lora", 9e9, 9e9, "2026-12-02T09:00:00+00:00", "2026-12-02T12:00:00+00:00", "EPYC, AVX512, 1 thread")]
     frame = pd.DataFrame(rows, columns=["task", "arm", "train_seconds", "eval_seconds", "started_at", "finished_at", "machine"])
     frame = frame.assign(refine="none", configuration="", run_id=[f"r{i}" for i in range(4)],
-                         status=["ok", "ok", "ok", "failed"])
+                         status=["ok", "ok", "ok", "failed"], training_state_bytes=[4 * 2**20, 6 * 2**20, 2**20, None],
+                         peak_memory_mb=[100.0, 300.0, None, None])
     table = cost_table(frame)
     full = table[table.arm == "full"].iloc[0]
     assert (full.cells, full.train_s, full.eval_s) == (2, 200.0, 20.0)
@@ -170,5 +171,10 @@ def test_cost_md_sums_each_cells_seconds_spans_first_start_to_last_finish_and_na
     assert totals["machines"] == ["EPYC, AVX2, 1 thread", "EPYC, AVX512, 1 thread"]
     text = cost_markdown(table)
     assert "2026-12-02 10:00 -> 11:32 UTC (1 h 32 min)" in text and "| 490 " in text
+    def last_four(method):  # train s, eval s, training state MB, peak memory MB
+        return [c.strip() for c in next(line for line in text.splitlines() if f"| {method} " in line).split("|")[-5:-1]]
+
+    assert last_four("full") == ["200", "20", "5", "200"]
+    assert last_four("lora") == ["50", "0", "1", "-"]  # no eval seconds: 0; no peak memory: -
     assert cost_table(frame.assign(status="failed")).empty
     assert "| 3          | 490 " in cost_markdown(cost_table(frame.assign(started_at=None)))  # no times: no span, still the sums

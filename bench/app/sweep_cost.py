@@ -1,5 +1,6 @@
 """What a sweep cost to run, from its records (cost.md): per task and arm the mean training and evaluation
-seconds of a cell, and for the whole sweep the cells, their summed seconds, the span from the first cell's start
+seconds of a cell, its training-state megabytes (weights, gradients and optimiser state: `cost.training_state_bytes`)
+and measured peak memory, and for the whole sweep the cells, their summed seconds, the span from the first cell's start
 to the last one's finish and the machines that ran them (record `env.machine`).
 
 Written by `tunebench publish` so that docs quote a sweep's cost from a file a command regenerates, never a sum
@@ -23,6 +24,7 @@ def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     keys = ["task", "refine", "configuration", "arm"]
     table = ok.assign(eval_seconds=ok.eval_seconds.fillna(0.0)).groupby(keys, sort=True, dropna=False).agg(
         cells=("run_id", "size"), train_s=("train_seconds", "mean"), eval_s=("eval_seconds", "mean"),
+        state_bytes=("training_state_bytes", "mean"), peak_mb=("peak_memory_mb", "mean"),
         sum_s=("train_seconds", "sum"), sum_eval_s=("eval_seconds", "sum"),
         first_start=("started_at", "min"), last_finish=("finished_at", "max"), machines=("machine", _distinct))
     return table.reset_index()
@@ -46,6 +48,14 @@ def _minutes(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
+def _mb(nbytes: float) -> str:
+    return "-" if pd.isna(nbytes) else f"{nbytes / 2**20:,.0f}"
+
+
+def _mb_value(mb: float) -> str:
+    return "-" if pd.isna(mb) else f"{mb:,.0f}"
+
+
 def _span(totals: dict) -> str:
     if pd.isna(totals["first_start"]) or pd.isna(totals["last_finish"]):
         return "-"  # records without start and finish times
@@ -59,6 +69,7 @@ def cost_markdown(table: pd.DataFrame) -> str:
     shown = pd.DataFrame({
         "task": table.task, "refine": table.refine, **configuration, "method": table.arm, "cells": table.cells,
         "train s per cell": table.train_s.map("{:.0f}".format), "eval s per cell": table.eval_s.map("{:.0f}".format),
+        "training state MB": table.state_bytes.map(_mb), "peak memory MB": table.peak_mb.map(_mb_value),
     })
     summary = pd.DataFrame([{
         "ok cells": totals["cells"], "train + eval s (summed over cells)": f"{totals['seconds']:,.0f}",
