@@ -174,3 +174,12 @@ def test_report_html_through_the_cli_and_a_published_page_in_chromium(sweep, tmp
             assert header.get_attribute("data-order") == "asc", page
     finally:
         driver.quit()
+
+
+def test_plotted_numbers_are_rounded_so_a_page_does_not_depend_on_the_cpus_float_kernels():
+    """The same ratio from AVX2 and AVX512 reductions can differ in its last bit; the page must not."""
+    from tunebench.app.html_report import _stable
+
+    assert _stable([0.3158964226874704, "lora", 7]) == _stable([0.3158964226874705, "lora", 7]) == [0.315896422687, "lora", 7]
+    assert _stable(np.array([2.5e-7, 1234567.891011121])) == [2.5e-7, 1234567.89101]
+    assert _stable(None) is None

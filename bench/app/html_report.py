@@ -352,7 +352,23 @@ def _relative(path: str, page_dir: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), page_dir.resolve())).as_posix()
 
 
+def _stable(values):
+    """Numbers to 12 significant digits: a ratio's last bits differ between CPUs' float kernels (AVX2 vs AVX512
+    reductions), and a published page must be the same wherever it is regenerated."""
+    if values is None or isinstance(values, str):
+        return values
+    return [float(f"{v:.12g}") if isinstance(v, (float, np.floating)) else v for v in values]
+
+
 def _figure_html(fig, name: str) -> str:
+    for trace in fig.data:
+        for key in ("x", "y"):
+            if key in trace:
+                trace[key] = _stable(trace[key])
+        for key in ("error_x", "error_y"):
+            if key in trace and trace[key] is not None:
+                for part in ("array", "arrayminus"):
+                    trace[key][part] = _stable(trace[key][part])
     div_id = "fig-" + "".join(c if c.isalnum() else "-" for c in name)
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
