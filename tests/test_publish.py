@@ -171,6 +171,7 @@ def test_cost_md_sums_each_cells_seconds_spans_first_start_to_last_finish_and_na
     assert totals["machines"] == ["EPYC, AVX2, 1 thread", "EPYC, AVX512, 1 thread"]
     text = cost_markdown(table)
     assert "2026-12-02 10:00 -> 11:32 UTC (1 h 32 min)" in text and "| 490 " in text
+
     def last_four(method):  # train s, eval s, training state MB, peak memory MB
         return [c.strip() for c in next(line for line in text.splitlines() if f"| {method} " in line).split("|")[-5:-1]]
 

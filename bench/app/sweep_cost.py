@@ -30,14 +30,14 @@ def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _distinct(values: pd.Series) -> str:
-    return "; ".join(sorted({str(v) for v in values.dropna()}))
+def _distinct(values: pd.Series) -> tuple[str, ...]:
+    return tuple(sorted({str(v) for v in values.dropna()}))
 
 
 def sweep_totals(table: pd.DataFrame) -> dict:
     """The whole sweep: ok cells, summed train + eval seconds, first start to last finish, machines."""
     first, last = table.first_start.min(), table.last_finish.max()
-    machines = sorted({m for joined in table.machines for m in joined.split("; ") if m})
+    machines = sorted({m for row in table.machines for m in row})
     return {"cells": int(table.cells.sum()), "seconds": float(table.sum_s.sum() + table.sum_eval_s.sum()),
             "first_start": first, "last_finish": last, "span_seconds": float((last - first).total_seconds()),
             "machines": machines}
@@ -48,12 +48,8 @@ def _minutes(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
-def _mb(nbytes: float) -> str:
-    return "-" if pd.isna(nbytes) else f"{nbytes / 2**20:,.0f}"
-
-
-def _mb_value(mb: float) -> str:
-    return "-" if pd.isna(mb) else f"{mb:,.0f}"
+def _whole(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:,.0f}"
 
 
 def _span(totals: dict) -> str:
@@ -69,7 +65,7 @@ def cost_markdown(table: pd.DataFrame) -> str:
     shown = pd.DataFrame({
         "task": table.task, "refine": table.refine, **configuration, "method": table.arm, "cells": table.cells,
         "train s per cell": table.train_s.map("{:.0f}".format), "eval s per cell": table.eval_s.map("{:.0f}".format),
-        "training state MB": table.state_bytes.map(_mb), "peak memory MB": table.peak_mb.map(_mb_value),
+        "training state MB": (table.state_bytes / 2**20).map(_whole), "peak memory MB": table.peak_mb.map(_whole),
     })
     summary = pd.DataFrame([{
         "ok cells": totals["cells"], "train + eval s (summed over cells)": f"{totals['seconds']:,.0f}",
