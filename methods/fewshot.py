@@ -99,11 +99,16 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 @torch.no_grad()
 def embed(model, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
-    encoder = text_encoder(model).eval()
-    device = next(encoder.parameters()).device
-    ids = tokenize(model.tokenizer, texts, max_length)
-    out = [mean_pooled(encoder, token_batch(model.tokenizer, ids[s:s + batch_size], device)).cpu().numpy()
-           for s in tqdm(range(0, len(ids), batch_size), desc="embed", unit="batch", leave=False, mininterval=5)]
+    encoder = text_encoder(model)
+    was_training = encoder.training  # left as found: a cache miss must leave the model as a hit does
+    encoder.eval()
+    try:
+        device = next(encoder.parameters()).device
+        ids = tokenize(model.tokenizer, texts, max_length)
+        out = [mean_pooled(encoder, token_batch(model.tokenizer, ids[s:s + batch_size], device)).cpu().numpy()
+               for s in tqdm(range(0, len(ids), batch_size), desc="embed", unit="batch", leave=False, mininterval=5)]
+    finally:
+        encoder.train(was_training)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 

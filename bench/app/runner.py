@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunebench.core import distributed as dp
 from tunebench.core import record as rec
+from tunebench.core.cache import BUILT_HERE, builds_since
 from tunebench.core.checkpoint import RunCheckpoint, checkpoint_every
 from tunebench.core.config_check import ConfigError, check_run_config
 from tunebench.core.engine import TrainSettings, lr_for
@@ -277,6 +278,7 @@ def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
     refine_ctx = RefineContext(seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache), architecture=ModelFactory(cfg.model))
     if ranks.is_main:
         log.info("run %s: method=%s seed=%s -> %s", rid, cfg.method.name, cfg.seed, path)
+    builds_before = len(BUILT_HERE)
     try:
         _execute(cfg, record, refine_ctx, checkpoint, logger.log)
         record["status"] = "ok"
@@ -298,6 +300,7 @@ def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             log.error("%s", record["error"]["traceback"])
     record.setdefault("resumed_from_step", 0)
+    record["cache_builds"] = builds_since(builds_before)  # artefacts this run built (a cold cache) rather than loaded
     record["finished_at"] = rec.now_iso()
     if _writes_record(ranks, record, path):
         path = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named

@@ -5,6 +5,10 @@ determines them (their config, the input data hash, the seed). Concurrent caller
 a SLURM array on a shared file system, serialise on a lock file (flock; on NFS this needs NFSv4 or
 lockd, as on most clusters): the first builds into a temp folder and renames it into place, the
 others wait and reuse it. A crashed build leaves only a temp folder, never a half-built entry.
+
+Every build runs inside `isolated_rng()`: a builder may initialise a network or sample freely, and the
+run that asked still draws the same numbers afterwards whether the entry was built or reused. This is
+the one place all builders go through, so no call site has to remember it.
 """
 from __future__ import annotations
 
@@ -39,6 +43,16 @@ def stored_report(entry: CacheEntry, stored: dict) -> dict:
     return {**{k: (v and entry.built) if k.endswith("cache_built") else v for k, v in stored.items()}, **entry.report()}
 
 
+# Every entry this process built, in order (name-hash): a run records the builds that happened during it, so a
+# record says whether it paid for (and, before builds were isolated, was perturbed by) a cold cache.
+BUILT_HERE: list[str] = []
+
+
+def builds_since(mark: int) -> list[str]:
+    """The entries this process built since `len(BUILT_HERE)` was `mark`."""
+    return list(BUILT_HERE[mark:])
+
+
 def key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -58,15 +72,18 @@ def cached(cache_dir: Path, name: str, key: dict, build: Callable[[Path], None])
             log.info("cache hit %s (built by another job while this one waited)", final)
             return CacheEntry(final, digest, built=False)
         log.info("cache miss %s: building", final)
+        from tunebench.core.seeding import isolated_rng  # here, not at the top: torch stays out of light importers
         tmp = cache_dir / f".{name}-{digest}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            build(tmp)
+            with isolated_rng():  # a cold cache must not move the run's random streams (model init, dropout, order)
+                build(tmp)
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, indent=1, default=str))
             (tmp / COMPLETE).touch()
             shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of a crashed older layout
             os.replace(tmp, final)
+            BUILT_HERE.append(final.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return CacheEntry(final, digest, built=True)

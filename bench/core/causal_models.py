@@ -34,16 +34,24 @@ def smollm2_source() -> tuple[Path, str]:
 
 def convert_gguf(out: Path) -> None:
     """De-quantise the GGUF into a plain fp32 LlamaForCausalLM folder (ENVIRONMENT.md recipe)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, _ = smollm2_source()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = quantised.config
+    save_plain_llama(quantised, tokenizer, out)
+
+
+def save_plain_llama(loaded, tokenizer, out: Path) -> None:
+    """A plain LlamaForCausalLM folder with `loaded`'s weights. Building it initialises a network at random
+    before the weights are loaded: called inside a cache build, which keeps those draws off the run's streams."""
+    from transformers import LlamaForCausalLM
+
+    config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are de-quantised now; a plain model must not claim otherwise
     model = LlamaForCausalLM(config)
-    model.load_state_dict(quantised.state_dict())
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

@@ -1,6 +1,8 @@
 """Run records: one JSON file per run, written atomically, keyed by a hash of the semantic config."""
 from __future__ import annotations
 
+import functools
+
 import fcntl
 import hashlib
 import json
@@ -8,8 +10,10 @@ import logging
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
+import sys
 import tempfile
 import traceback
 from contextlib import contextmanager
@@ -192,10 +196,65 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+# CPU features that change which kernels oneDNN / MKL / torch pick, and so the last bits of a float result
+# (bf16 and int8 dot products, FMA contraction, 512-bit reductions); the rest of /proc/cpuinfo's flags do not.
+NUMERIC_CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                     "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+# Environment variables that cap or pin the instruction set the math libraries use.
+ISA_ENVIRONMENT = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ATEN_CPU_CAPABILITY",
+                   "OPENBLAS_CORETYPE")
+
+
+def numeric_cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The flags of NUMERIC_CPU_FLAGS this CPU has (from /proc/cpuinfo; [] where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in NUMERIC_CPU_FLAGS if flag in present]
+    return []
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_isa() -> str | None:
+    """The instruction set oneDNN dispatches to in this process, as its verbose mode reports it (`isa:...`).
+
+    oneDNN writes that line to the C-level stdout once per process, with the first primitive it creates in
+    verbose mode, so stdout's file descriptor is redirected into a temp file while one tensor of constants (no
+    random draw) is converted to oneDNN's layout, and the answer is kept for the process."""
+    import ctypes
+
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return None
+    sys.stdout.flush()  # Python's own pending output goes to the real stdout, not into the probe's file
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as out:
+        try:
+            os.dup2(out.fileno(), 1)
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                torch.ones(1, 3, 8, 8).to_mkldnn()  # a reorder: always a oneDNN primitive (a small conv may not be)
+            ctypes.CDLL(None).fflush(None)  # oneDNN printf()s into C's buffer: out to the file before it is restored
+        except Exception:  # a build without the verbose switch: say nothing rather than guess
+            return None
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    found = re.search(r"isa:([^\n,]+)", text)
+    return found.group(1).strip() if found else None
+
+
 def machine() -> dict:
-    """What makes a number machine-dependent: the CPU, the instruction set torch dispatches to, the
-    BLAS it calls, and how many threads it uses (float reductions differ across any of these)."""
-    import re
+    """What makes a number machine-dependent: the CPU and its numeric instruction-set flags, the instruction
+    set torch and oneDNN dispatch to, the BLAS it calls, and how many threads it uses (float reductions differ
+    across any of these)."""
 
     import torch
 
@@ -204,7 +263,10 @@ def machine() -> dict:
     return {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": numeric_cpu_flags(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa": onednn_isa(),
+        "isa_environment": {k: os.environ[k] for k in ISA_ENVIRONMENT if k in os.environ},
         "blas": blas.group(1) if blas else None,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
@@ -263,6 +325,7 @@ def new_record(config: dict, rid: str, sweep: str) -> dict:
         "cost": {},
         "curve": [],
         "engine": {},  # the scale knobs as applied (precision, accumulation, checkpointing, compile)
+        "cache_builds": [],  # artefact-cache entries this run built instead of loading (results/cache/<entry>)
         "env": {},
         "error": None,
     }

@@ -19,12 +19,14 @@ def seed_everything(seed: int) -> torch.Generator:
 
 @contextmanager
 def isolated_rng():
-    """Run a block without moving the caller's random streams (python, numpy, torch CPU).
+    """Run a block without moving the caller's random streams (python, numpy, torch CPU, and CUDA
+    devices already in use).
 
-    Refinements build artefacts on a cache miss and only load them on a hit; drawing from the run's
-    streams there would make a run's model init and data order depend on the cache state."""
+    Artefacts are built on a cache miss and only loaded on a hit; drawing from the run's streams there
+    would make a run's model init, dropout and data order depend on whether a cache was warm."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda_devices):
         try:
             yield
         finally:
