@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from tunebench.app.stats import crossed_mean_interval, seed_mean_interval
+from tunebench.app.sequential import Design, first_crossings, nominal_levels, one_sided_pvalues, seed_bound
+from tunebench.app.stats import ALPHA, MeanSquares, crossed_mean_interval, seed_mean_interval
 
 MARGIN = 0.01  # accuracy margin (1 point), as the claim's default
 FACTOR = 0.8  # ratio threshold, as the claim's default
@@ -118,6 +119,98 @@ def calibrate(scenario: Scenario, seed: int = 0) -> Calibration:
     coverage = (low <= truth) & (truth <= high)
     return Calibration(**asdict(scenario), coverage=float(coverage.mean()), supported_at_threshold=float(supported.mean()),
                        refuted_at_threshold=float(refuted.mean()), power=float(power.mean()))
+
+
+@dataclass
+class SequentialCalibration:
+    part: str
+    units: str
+    max_seeds: int
+    noise: float
+    studies: int
+    spending: str
+    supported_at_threshold: float  # false "supported" of the sequential design over all its looks (nominal 2.5%)
+    refuted_at_threshold: float  # false "refuted" (nominal 2.5%)
+    naive_supported_at_threshold: float  # the fixed test re-run after every round, stopping at its first decision
+    naive_refuted_at_threshold: float
+    power: float  # sequential: "supported" when the truth is +1 pt (ratio 0.667)
+    expected_seeds: float  # mean seeds used at that truth (a decided comparison stops)
+    expected_seeds_at_threshold: float
+    fixed_power: float  # the fixed design at max_seeds
+    fixed3_power: float  # the fixed design at 3 seeds (today's sweeps)
+
+
+def _generate(scenario: Scenario, truth: float, rng, studies: int, seeds: int) -> np.ndarray:
+    """Per-unit differences [studies, seeds, units] (accuracy) or log ratios [studies, seeds] (ratio)."""
+    if scenario.part == "ratio":
+        return np.log(truth) + rng.normal(0, scenario.noise, (studies, seeds))
+    n = int(scenario.units.split()[0])
+    make = _task_diffs if "tasks" in scenario.units else _binary_diffs
+    return make(rng, studies, seeds, n, truth, scenario.noise)
+
+
+def _look_pvalues(scenario: Scenario, truth: float, rng, looks: list[int], level_sets: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each list of per-look levels in `level_sets`: (p supported, p refuted) [studies, looks], the claim's tests
+    on each study's first S seeds (S in `looks`) at those levels (the crossed interval's df depend on the level)."""
+    out = [([], []) for _ in level_sets]
+    for start in range(0, scenario.studies, CHUNK):
+        k = min(CHUNK, scenario.studies - start)
+        data = _generate(scenario, truth, rng, k, max(looks))
+        chunk = [([], []) for _ in level_sets]
+        prefixes = MeanSquares.of_prefixes(data, looks) if scenario.part != "ratio" else None
+        for index, seeds in enumerate(looks):
+            if scenario.part == "ratio":
+                est, _, _, se, df = seed_mean_interval(data[:, :seeds])
+                p = one_sided_pvalues(est, se, df, np.log(FACTOR), claim_is_below=True)
+                pairs = [p for _ in level_sets]
+            else:
+                squares = prefixes[index]
+                se = np.sqrt(squares.variance())
+                pairs = [one_sided_pvalues(squares.grand, se, squares.df(seed_bound(levels[index])), -MARGIN,
+                                           claim_is_below=False) for levels in level_sets]
+            for (sup, ref), (p_sup, p_ref) in zip(chunk, pairs):
+                sup.append(p_sup)
+                ref.append(p_ref)
+        for (sup, ref), (chunk_sup, chunk_ref) in zip(out, chunk):
+            sup.append(np.stack(chunk_sup, axis=-1))
+            ref.append(np.stack(chunk_ref, axis=-1))
+    return [(np.concatenate(sup), np.concatenate(ref)) for sup, ref in out]
+
+
+def calibrate_sequential(scenario: Scenario, design: Design, seed: int = 0) -> SequentialCalibration:
+    """The sequential design (`scenario.seeds` = max_seeds) against the fixed one, truth at the threshold and
+    at the power alternative; `naive`: the fixed 2.5% test at every look."""
+    rng = np.random.default_rng(seed)
+    looks = design.looks()
+    levels = nominal_levels(design.fractions(looks), ALPHA / 2, design.spending)
+    null, alternative = (FACTOR, FACTOR / 1.2) if scenario.part == "ratio" else (-MARGIN, MARGIN)
+    fixed = [ALPHA / 2] * len(looks)
+    # The same studies judged by the design and by the fixed 2.5% test re-run at every look (naive).
+    (p_sup, p_ref), naive_p = _look_pvalues(scenario, null, rng, looks, [levels, fixed])
+    code, index = first_crossings(p_sup, p_ref, levels)
+    naive, _ = first_crossings(*naive_p, fixed)
+    seeds_used = np.where(index >= 0, np.asarray(looks)[index], looks[-1])
+    (p_sup_alt, p_ref_alt), (p_sup_fixed, _) = _look_pvalues(scenario, alternative, rng, looks, [levels, fixed])
+    code_alt, index_alt = first_crossings(p_sup_alt, p_ref_alt, levels)
+    seeds_alt = np.where(index_alt >= 0, np.asarray(looks)[index_alt], looks[-1])
+    fixed3 = looks.index(3) if 3 in looks else None
+    return SequentialCalibration(
+        part=scenario.part, units=scenario.units, max_seeds=design.max_seeds, noise=scenario.noise,
+        studies=scenario.studies, spending=design.spending,
+        supported_at_threshold=float((code == 1).mean()), refuted_at_threshold=float((code == 2).mean()),
+        naive_supported_at_threshold=float((naive == 1).mean()), naive_refuted_at_threshold=float((naive == 2).mean()),
+        power=float((code_alt == 1).mean()), expected_seeds=float(seeds_alt.mean()),
+        expected_seeds_at_threshold=float(seeds_used.mean()),
+        fixed_power=float((p_sup_fixed[:, -1] <= ALPHA / 2).mean()),
+        fixed3_power=float((p_sup_fixed[:, fixed3] <= ALPHA / 2).mean()) if fixed3 is not None else float("nan"))
+
+
+def sequential_scenarios(studies: int = 2000, max_seeds: int = 10) -> list[Scenario]:
+    """The calibration table's noise levels, with seeds added one at a time from 2 up to `max_seeds`."""
+    out = [Scenario("accuracy", "1000 test examples", max_seeds, sd, studies) for sd in (0.0, 0.005, 0.01, 0.03)]
+    out += [Scenario("accuracy", "600 meta-test tasks", max_seeds, sd, studies) for sd in (0.005, 0.03)]
+    out += [Scenario("ratio", "seeds", max_seeds, sd, studies) for sd in (0.02, 0.1, 0.3)]
+    return out
 
 
 def scenarios(studies: int = 2000) -> list[Scenario]:

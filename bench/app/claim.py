@@ -30,11 +30,18 @@ import numpy as np
 import pandas as pd
 
 from tunebench.app.frame import load_frame
-from tunebench.app.stats import ADJUSTMENTS, ALPHA, Interval, accuracy_interval, adjust, log_ratio_interval
+from tunebench.app.sequential import Design, SequentialTest, decide, one_sided_pvalues, seed_bound
+from tunebench.app.stats import (ADJUSTMENTS, ALPHA, Interval, MeanSquares, accuracy_interval, adjust, log_ratio_interval,
+                                 seed_mean_interval)
 
 REFERENCE = "full"
 NOT_AN_ARM = "none"
 NO_DATA = "no data"
+# The stochastic parts by the short names a primary hypothesis uses (`lora:accuracy`).
+PART_KINDS = {"accuracy (PEFT - full, pt)": "accuracy", "peak memory (PEFT / full)": "memory",
+              "train time (PEFT / full)": "time", "communication (PEFT / full)": "communication"}
+RATIO_COLUMNS = {"memory": ("peak_memory_mb", "memory_factor"), "time": ("train_seconds", "time_factor"),
+                 "communication": ("comm_bytes_total", "comm_ratio")}
 
 
 @dataclass
@@ -114,10 +121,17 @@ def accuracy_part(peft: pd.DataFrame, full: pd.DataFrame, margin: float) -> Part
                     f"({100 * baseline:.1f}%): it did not learn the task, so agreeing with it says nothing")
     if not (a != b).any():
         return _no_discordance(name, estimate, a.size, margin, threshold)
-    per_unit, units = _resampling_units(a - b, tasks)
+    per_unit, units = accuracy_units(peft, full)
     interval = accuracy_interval(per_unit)
     note = f"{len(peft)} seeds x {units}; t-interval, {interval.df:.1f} df"
     return _tested(name, interval, -margin / 100, lower_is_claim=False, scale=lambda v: 100 * v, threshold=threshold, note=note)
+
+
+def accuracy_units(peft: pd.DataFrame, full: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Per-seed, per-unit PEFT - full differences [seeds, units] (rows in the frames' order) and what the units are;
+    the frames passed accuracy_part's checks (outcomes shared by both arms)."""
+    a, b = _correct_matrix(peft["test_correct"]), _correct_matrix(full["test_correct"])
+    return _resampling_units(a - b, _task_counts(peft))
 
 
 def _no_discordance(name: str, estimate: float, outcomes: int, margin: float, threshold: str) -> Part:
@@ -231,7 +245,49 @@ def compare_arm(group: pd.DataFrame, best: pd.DataFrame, arm: str, reference: st
         communication_part(p, f, args.comm_ratio),
     ]
     entry["parts"] = [asdict(x) for x in parts if x is not None]
+    entry["_pvalues"] = _look_pvalues(entry["parts"], p, f, args)  # for a sequential or gatekept claim; not written
     return entry
+
+
+def _look_pvalues(parts: list[dict], peft: pd.DataFrame, full: pd.DataFrame, args) -> dict:
+    """For each tested stochastic part: `pvalues(seeds, level) -> (p supported, p refuted)` on the first `seeds`
+    paired seeds (in seed order), the test the claim makes at that one-sided level."""
+    out = {}
+    for part in parts:
+        if part["p_value"] is None:
+            continue
+        kind = PART_KINDS.get(part["part"])
+        if kind == "accuracy":
+            out[part["part"]] = _accuracy_pvalues(*accuracy_units(peft, full), -args.margin / 100)
+        elif kind in RATIO_COLUMNS:
+            column, factor = RATIO_COLUMNS[kind][0], getattr(args, RATIO_COLUMNS[kind][1])
+            ratios = peft[column].to_numpy(dtype=float) / full[column].to_numpy(dtype=float)
+            out[part["part"]] = _ratio_pvalues(ratios, math.log(factor))
+    return out
+
+
+def _accuracy_pvalues(per_unit: np.ndarray, units: str, threshold: float):
+    def pvalues(seeds: int, level: float) -> tuple[float, float]:
+        d = per_unit[:seeds]
+        if seeds < 2 or not d.any():  # too few seeds, or no discordance yet: no t-test (the rule of three is not sequential)
+            return 1.0, 1.0
+        squares = MeanSquares.of(d)
+        sup, ref = one_sided_pvalues(squares.grand, np.sqrt(squares.variance()), squares.df(seed_bound(level)),
+                                     threshold, claim_is_below=False)
+        return float(sup), float(ref)
+    return pvalues
+
+
+def _ratio_pvalues(ratios: np.ndarray, log_threshold: float):
+    def pvalues(seeds: int, level: float) -> tuple[float, float]:
+        r = ratios[:seeds]
+        r = np.log(r[np.isfinite(r) & (r > 0)])
+        if len(r) < 2:
+            return 1.0, 1.0
+        est, _, _, se, df = seed_mean_interval(r)
+        sup, ref = one_sided_pvalues(est, se, df, log_threshold, claim_is_below=True)
+        return float(sup), float(ref)
+    return pvalues
 
 
 @dataclass
@@ -243,8 +299,56 @@ class Settings:
     comm_ratio: float = 0.01
 
 
+@dataclass(frozen=True)
+class ClaimPlan:
+    """What a sweep declared before it ran (its records' `claim` and `decide` config nodes): the primary hypotheses
+    (`method:part`, tested first at the full level) and a sequential design (seeds added in rounds)."""
+    primaries: tuple[str, ...] = ()
+    design: Design | None = None
+
+    @property
+    def declared(self) -> bool:
+        return bool(self.primaries) or self.design is not None
+
+
+def plan_of(frame: pd.DataFrame) -> ClaimPlan:
+    """The plan the sweep's records carry; records that disagree are an error naming both plans."""
+    plans = sorted(set(frame["claim_plan"].dropna())) if "claim_plan" in frame else []
+    if len(plans) > 1:
+        raise ValueError(f"the records declare different claim plans (config claim / decide): {' vs '.join(plans)}; "
+                         f"a sweep's plan is fixed before it runs: keep one sweep folder per plan")
+    if not plans:
+        return ClaimPlan()
+    node = json.loads(plans[0])
+    decide_node, primary = node.get("decide") or {}, (node.get("claim") or {}).get("primary") or []
+    design = None
+    if decide_node.get("max_seeds") is not None:
+        design = Design(max_seeds=decide_node["max_seeds"], first=decide_node.get("first_seeds", 2),
+                        step=decide_node.get("round_seeds", 1), spending=decide_node.get("spending", "obrien_fleming"))
+    return ClaimPlan(tuple(str(x) for x in primary), design)
+
+
+def check_primaries(primaries, frame: pd.DataFrame) -> None:
+    """Each primary names a PEFT arm of the sweep and a stochastic part: one line naming what is wrong."""
+    arms = sorted({str(m) for m, ref in zip(frame["method"], frame.get("claim_reference", [None] * len(frame)))
+                   if m is not None and str(m) != REFERENCE and ref != NOT_AN_ARM})
+    parts = sorted(set(PART_KINDS.values()))
+    for primary in primaries:
+        method, _, part = str(primary).partition(":")
+        if method not in arms:
+            raise ValueError(f"claim.primary {primary!r}: the sweep has no PEFT arm {method!r} (its PEFT arms: "
+                             f"{', '.join(arms) or 'none'}); write method:part, e.g. lora:accuracy")
+        if part not in parts:
+            raise ValueError(f"claim.primary {primary!r}: unknown part {part!r}; expected one of {', '.join(parts)}")
+
+
 def check(frame: pd.DataFrame, margin: float = 1.0, params_ratio: float = 0.01, memory_factor: float = 0.8,
-          time_factor: float = 0.8, adjust_method: str = "holm", comm_ratio: float = 0.01) -> list[dict]:
+          time_factor: float = 0.8, adjust_method: str = "holm", comm_ratio: float = 0.01,
+          plan: ClaimPlan | None = None) -> list[dict]:
+    """The comparisons with their parts' verdicts. `plan` (default: the records' own) makes the verdicts sequential
+    and / or gatekept; without one, `adjust_method` adjusts every test's p-value as a fixed design."""
+    plan = plan_of(frame) if plan is None else plan
+    check_primaries(plan.primaries, frame)
     args = Settings(margin, params_ratio, memory_factor, time_factor, comm_ratio)
     scored = frame[(frame.status == "ok") & frame.test_acc.notna()]
     best = best_lr_runs(scored)
@@ -259,8 +363,42 @@ def check(frame: pd.DataFrame, margin: float = 1.0, params_ratio: float = 0.01, 
             references = sorted(set(group[group.method == reference].arm)) or [reference]
             comparisons += [compare_arm(group, best[best.comparison == group.comparison.iloc[0]], arm, ref, args)
                             for ref in references]
-    apply_adjustment(comparisons, adjust_method)
+    if plan.declared:
+        apply_plan(comparisons, plan)
+    else:
+        apply_adjustment(comparisons, adjust_method)
+    for c in comparisons:
+        c.pop("_pvalues", None)
     return comparisons
+
+
+def apply_plan(comparisons: list[dict], plan: ClaimPlan) -> None:
+    """Verdicts of a declared plan: every stochastic test at its looks (one look at all paired seeds for a fixed
+    design), primaries first at the full level, the rest after (tunebench.app.sequential.decide)."""
+    tests = []
+    for index, c in enumerate(comparisons):
+        seeds = len(c.get("seeds", []))
+        method = str(c["peft"]).split("[")[0]
+        for part in c["parts"]:
+            pvalues = c.get("_pvalues", {}).get(part["part"])
+            if pvalues is None:
+                part["verdict_adjusted"] = part["verdict"]
+                continue
+            design = plan.design or Design(max_seeds=max(seeds, 2), first=max(seeds, 2))
+            looks = [n for n in design.looks() if n <= seeds]
+            kind = PART_KINDS[part["part"]]
+            family = 0 if not plan.primaries or f"{method}:{kind}" in plan.primaries else 1
+            test = SequentialTest(key=f"{index}:{part['part']}", family=family, looks=looks, design=design,
+                                  pvalues=lambda k, level, looks=looks, pvalues=pvalues: pvalues(looks[k], level))
+            tests.append((part, test))
+    decide([t for _, t in tests], alpha=ALPHA / 2)
+    for part, test in tests:
+        part["verdict_adjusted"], part["p_adjusted"] = test.verdict, None
+        part["sequential"] = {
+            "family": "primary" if plan.primaries and test.family == 0 else "secondary" if plan.primaries else "all",
+            "looks": test.looks, "max_seeds": test.design.max_seeds, "spending": test.design.spending,
+            "alpha": test.alpha, "levels": test.levels, "decided_at": test.decided_at,
+            "p_at_decision": test.p_at_decision, "rule": test.rule}
 
 
 def apply_adjustment(comparisons: list[dict], method: str) -> None:
@@ -290,17 +428,44 @@ def _title(c: dict) -> str:
     return f"{c['task']}{setting} / refinement {c['refine']}{config}: {c['peft']} vs {c['reference']}{lrs}"
 
 
+def _plan_header(comparisons: list[dict], tests: int) -> str | None:
+    """How a declared plan judged the tests, or None for a fixed design without primaries."""
+    planned = [p["sequential"] for c in comparisons for p in c["parts"] if p.get("sequential")]
+    if not planned:
+        return None
+    families = {s["family"] for s in planned}
+    order = ("primaries first at the full level, then the secondaries (serial gatekeeping); "
+             if "primary" in families else "")
+    first = planned[0]
+    looks = sorted({n for s in planned for n in s["looks"]})
+    design = (f"sequential: looks at {', '.join(map(str, looks))} of up to {first['max_seeds']} seeds, "
+              f"{first['spending']} alpha spending" if first["max_seeds"] != max(looks, default=0) or len(looks) > 1
+              else "one look at all paired seeds")
+    return (f"{design}; 2.5% per direction held over the {tests} tests and every look: {order}"
+            f"a decided test passes its level to the rest (Holm-like)")
+
+
+def _decision(part: dict) -> str:
+    plan = part.get("sequential")
+    if not plan:
+        return f"{_p(part['p_value'])} ({_p(part['p_adjusted'])})"
+    if plan["decided_at"] is None:
+        return f"{plan['family']}: none yet ({plan['rule'].split('; ', 1)[-1]})"
+    return f"{plan['family']}: at {plan['decided_at']} seeds, p {_p(plan['p_at_decision'])} <= {_p(plan['levels'][plan['looks'].index(plan['decided_at'])])}"
+
+
 def to_markdown(comparisons: list[dict], margin: float, adjust_method: str) -> str:
     tests = sum(p["p_value"] is not None for c in comparisons for p in c["parts"])
-    lines = [f"# PEFT claim check (accuracy margin {margin:g} pt; 95% t-intervals; "
-             f"verdicts adjusted for {tests} tests: {adjust_method})", ""]
+    plan = _plan_header(comparisons, tests)
+    judged = plan or f"verdicts adjusted for {tests} tests: {adjust_method}"
+    lines = [f"# PEFT claim check (accuracy margin {margin:g} pt; 95% t-intervals; {judged})", ""]
     for c in comparisons:
         lines += [f"## {_title(c)}", ""]
         rows = [
             {"part": p["part"], "estimate": _fmt(p["estimate"]),
              "95% CI": "-" if p["ci_low"] is None else f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]",
              "threshold": p["threshold"], "verdict": p["verdict_adjusted"].upper(), "unadjusted": p["verdict"],
-             "p (adj.)": f"{_p(p['p_value'])} ({_p(p['p_adjusted'])})", "note": p["note"]}
+             ("decision (hypothesis: look, p <= boundary)" if plan else "p (adj.)"): _decision(p), "note": p["note"]}
             for p in c["parts"]
         ]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]

@@ -11,7 +11,9 @@ commands:
                           (tunebench run --help shows the config groups and options)
   report SWEEP_DIR        tables (md, csv, tex) and plots from the records of a sweep; --html: one self-contained
                           page; --compare A B: two sweeps side by side
-  claim SWEEP_DIR         the PEFT-claim verdicts, one comparison per configuration (t-intervals, Holm-adjusted)
+  claim SWEEP_DIR         the PEFT-claim verdicts, one comparison per configuration (t-intervals, Holm-adjusted;
+                          sequential and primary-first when the sweep declared decide.* / claim.primary)
+  plan SWEEP_DIR          what deciding the undecided parts would take: seeds for 80% / 90% power and their cost
   status SWEEP_DIR        every cell as ok / failed / diverged, with its error; exit 1 unless all ok
   artefacts SWEEP_DIR     cached refinement artefacts: built once by which run, reused by how many
   publish SWEEP_DIR       tables, claim and a copy of every record into results/published/<sweep>/
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv = ["tunebench run", *rest]
         return run.main()
-    handlers = {"report": "tunebench.app.report", "claim": "tunebench.app.claim", "status": "tunebench.app.status", "artefacts": "tunebench.app.artefacts",
+    handlers = {"report": "tunebench.app.report", "claim": "tunebench.app.claim", "plan": "tunebench.app.plan", "status": "tunebench.app.status", "artefacts": "tunebench.app.artefacts",
                 "publish": "tunebench.app.publish", "docs": "tunebench.app.publish:docs_main", "calibrate": "tunebench.app.calibration",
                 "perf": "tunebench.app.perf", "reproduce": "tunebench.app.reproduce"}
     if command not in handlers:

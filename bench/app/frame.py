@@ -130,6 +130,8 @@ def _row(path: Path, record: dict) -> dict:
     row.update(started_at=record.get("started_at"), finished_at=record.get("finished_at"),
                machine=machine_label((record.get("env") or {}).get("machine")))
     row["error"] = (record.get("error") or {}).get("message")
+    plan = {k: config[k] for k in ("claim", "decide") if config.get(k)}
+    row["claim_plan"] = json.dumps(plan, sort_keys=True) if plan else None  # what the sweep declared (tunebench claim)
     return row
 
 

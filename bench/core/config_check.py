@@ -8,7 +8,7 @@ own knobs, a refinement's settings) pass through to the plugin that owns them. `
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,12 +53,27 @@ class DataKeys(_Open):
     max_new_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
-SCHEMAS: dict[str | None, type[BaseModel]] = {None: RootKeys, "method": MethodKeys, "data": DataKeys}
+class DecideKeys(_Open):
+    """Sequential seeds (tunebench.app.sequential): the looks a sweep's claim will make."""
+    max_seeds: Annotated[int, Field(ge=2, strict=True)] | None = None
+    first_seeds: Annotated[int, Field(ge=2, strict=True)] = 2
+    round_seeds: Annotated[int, Field(ge=1, strict=True)] = 1
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+
+
+class ClaimKeys(_Open):
+    primary: list[Annotated[str, Field(pattern=r"^[^:\s]+:(accuracy|memory|time|communication)$")]] = []
+
+
+SCHEMAS: dict[str | None, type[BaseModel]] = {None: RootKeys, "method": MethodKeys, "data": DataKeys, "decide": DecideKeys,
+                                              "claim": ClaimKeys}
 EXPECTED = {  # pydantic's error types, said as what the key accepts
     "greater_than": "a number > {gt}", "greater_than_equal": "a number >= {ge}", "less_than_equal": "a number <= {le}",
     "int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number", "float_parsing": "a number",
     "bool_parsing": "true or false", "bool_type": "true or false", "finite_number": "a finite number",
-    "string_type": "a string", "missing": "a value (the key is missing)",
+    "string_type": "a string", "missing": "a value (the key is missing)", "list_type": "a list",
+    "string_pattern_mismatch": "method:part with part accuracy | memory | time | communication (e.g. lora:accuracy)",
+    "literal_error": "one of {expected}",
 }
 
 
@@ -79,8 +94,23 @@ def check_run_config(cfg) -> None:
         except ValidationError as e:
             error = e.errors()[0]
             key = ".".join([*([group] if group else []), *map(str, error["loc"])])
-            value = values.get(error["loc"][0], "<missing>") if error["loc"] else values
+            value = _at(values, error["loc"])
             raise ConfigError(f"{key}={value!r}: expected {_expected(error)}") from None
+    decide = cfg.get("decide") or {}
+    if decide.get("max_seeds") is not None and int(decide.get("first_seeds", 2)) > int(decide["max_seeds"]):
+        raise ConfigError(f"decide.first_seeds={decide['first_seeds']} is above decide.max_seeds={decide['max_seeds']}: "
+                          f"the first look cannot come after the last")
+
+
+def _at(values: dict, loc: tuple) -> Any:
+    """The value at a pydantic error location (a key, then list indices), or `<missing>`."""
+    value: Any = values
+    for step in loc:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return value
 
 
 def _plain(node, group: str | None) -> dict[str, Any]:
@@ -94,5 +124,5 @@ def _plain(node, group: str | None) -> dict[str, Any]:
                               f"mandatory: give it on the command line, e.g. {f'{group}.' if group else ''}{key}=...)")
         value = node[key]
         if not (group is None and OmegaConf.is_config(value)):
-            values[key] = value
+            values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return values

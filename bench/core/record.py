@@ -27,7 +27,9 @@ from tunebench import RECORD_SCHEMA_VERSION
 log = logging.getLogger("tunebench")
 # Top-level config keys that do not change what a run computes: they are left out of the run id,
 # so moving results, switching loggers or launchers, or forcing a rerun keeps the same id.
-NON_SEMANTIC_KEYS = ("logger", "paths", "force", "sweep", "threads", "launcher", "cell_process", "save_model")
+# `claim` and `decide` declare how the sweep will be judged (primary hypotheses, sequential seeds), not what it runs.
+NON_SEMANTIC_KEYS = ("logger", "paths", "force", "sweep", "threads", "launcher", "cell_process", "save_model", "claim",
+                     "decide")
 STATUSES = ("ok", "failed", "diverged", "awaiting_labels")  # awaiting_labels: a human oracle has queries to label
 TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "hydra-core", "numpy", "pandas", "scikit-learn",
