@@ -56,6 +56,8 @@ run: $(STAMP)
 	@status=0; $(VENV)/bin/tunebench run -m experiment=quick || status=$$?; \
 	$(VENV)/bin/tunebench claim results/runs/quick && $(VENV)/bin/tunebench report results/runs/quick --html || exit 1; \
 	$(VENV)/bin/tunebench status results/runs/quick > /dev/null || echo "[run] some cells are not ok: tunebench status results/runs/quick"; \
+	echo "[run] what deciding the undecided parts would take (tunebench plan):"; \
+	$(VENV)/bin/tunebench plan results/runs/quick || true; \
 	exit $$status
 
 # Test files run on TEST_WORKERS pytest-xdist workers, each file whole on one worker (its module fixtures are built

@@ -233,23 +233,46 @@ def to_markdown(results: list[Calibration]) -> str:
     return "\n".join(rows)
 
 
+def sequential_markdown(results: list[SequentialCalibration]) -> str:
+    rows = ["| part | shared units | seed noise | false supported | false refuted | naive re-test: false supported / refuted | "
+            "power | expected seeds (power / at threshold) | fixed 10 seeds: power | fixed 3 seeds: power |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        noise = f"{100 * r.noise:g} pt" if r.part == "accuracy" else f"log sd {r.noise:g}"
+        rows.append(f"| {r.part} | {r.units} | {noise} | {r.supported_at_threshold:.3f} | {r.refuted_at_threshold:.3f} | "
+                    f"{r.naive_supported_at_threshold:.3f} / {r.naive_refuted_at_threshold:.3f} | {r.power:.3f} | "
+                    f"{r.expected_seeds:.1f} / {r.expected_seeds_at_threshold:.1f} | {r.fixed_power:.3f} | {r.fixed3_power:.3f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tunebench calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="False supported / refuted: the truth sits exactly at the threshold (-1 pt; ratio 0.8), nominal 2.5% each. "
                "Power: how often 'supported' comes out when the truth is +1 pt (ratio 0.667).")
     parser.add_argument("--studies", type=int, default=10000, help="simulated studies per scenario (default 10000)")
-    parser.add_argument("--out", type=Path, default=Path("results/published/calibration"), help="folder for calibration.{md,json}")
+    parser.add_argument("--out", type=Path, default=Path("results/published/calibration"),
+                        help="folder for calibration.{md,json} and sequential.{md,json}")
+    parser.add_argument("--max-seeds", type=int, default=10,
+                        help="sequential design: seeds 2 .. this, a look after each (default 10)")
     args = parser.parse_args(argv)
     if args.studies < 100:
         parser.error(f"--studies {args.studies}: expected at least 100 (rates from fewer studies are mostly Monte-Carlo noise)")
+    if args.max_seeds < 3:
+        parser.error(f"--max-seeds {args.max_seeds}: expected at least 3 (looks at 2 .. max seeds)")
     from tqdm import tqdm
 
     results = [calibrate(s) for s in tqdm(scenarios(args.studies), desc="scenarios")]
+    design = Design(max_seeds=args.max_seeds)
+    sequential = [calibrate_sequential(s, design) for s in tqdm(sequential_scenarios(args.studies, args.max_seeds),
+                                                                 desc="sequential scenarios")]
     args.out.mkdir(parents=True, exist_ok=True)
-    text = to_markdown(results)
+    text, seq_text = to_markdown(results), sequential_markdown(sequential)
     (args.out / "calibration.md").write_text(text + "\n")
     (args.out / "calibration.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    (args.out / "sequential.md").write_text(seq_text + "\n")
+    (args.out / "sequential.json").write_text(json.dumps([asdict(r) for r in sequential], indent=2) + "\n")
     print(text)
-    print(f"-> {args.out / 'calibration.md'}")
+    print(seq_text)
+    print(f"-> {args.out / 'calibration.md'}, {args.out / 'sequential.md'}")
     return 0

@@ -450,7 +450,7 @@ def _decision(part: dict) -> str:
     if not plan:
         return f"{_p(part['p_value'])} ({_p(part['p_adjusted'])})"
     if plan["decided_at"] is None:
-        return f"{plan['family']}: none yet ({plan['rule'].split('; ', 1)[-1]})"
+        return f"{plan['family']}: undecided, {plan['rule'].split('; ', 1)[-1]}"
     return f"{plan['family']}: at {plan['decided_at']} seeds, p {_p(plan['p_at_decision'])} <= {_p(plan['levels'][plan['looks'].index(plan['decided_at'])])}"
 
 

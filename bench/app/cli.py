@@ -14,6 +14,7 @@ commands:
   claim SWEEP_DIR         the PEFT-claim verdicts, one comparison per configuration (t-intervals, Holm-adjusted;
                           sequential and primary-first when the sweep declared decide.* / claim.primary)
   plan SWEEP_DIR          what deciding the undecided parts would take: seeds for 80% / 90% power and their cost
+  decide [overrides]      run a sweep in rounds of seeds until each comparison is decided (decide.max_seeds=N)
   status SWEEP_DIR        every cell as ok / failed / diverged, with its error; exit 1 unless all ok
   artefacts SWEEP_DIR     cached refinement artefacts: built once by which run, reused by how many
   publish SWEEP_DIR       tables, claim and a copy of every record into results/published/<sweep>/
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv = ["tunebench run", *rest]
         return run.main()
-    handlers = {"report": "tunebench.app.report", "claim": "tunebench.app.claim", "plan": "tunebench.app.plan", "status": "tunebench.app.status", "artefacts": "tunebench.app.artefacts",
+    handlers = {"report": "tunebench.app.report", "claim": "tunebench.app.claim", "plan": "tunebench.app.plan", "decide": "tunebench.app.decide", "status": "tunebench.app.status", "artefacts": "tunebench.app.artefacts",
                 "publish": "tunebench.app.publish", "docs": "tunebench.app.publish:docs_main", "calibrate": "tunebench.app.calibration",
                 "perf": "tunebench.app.perf", "reproduce": "tunebench.app.reproduce"}
     if command not in handlers:

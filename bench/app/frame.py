@@ -66,6 +66,11 @@ def comparison_config(config: dict) -> dict:
     return flat
 
 
+def comparison_key(config: dict) -> str:
+    """The key of the comparison a run with this (record) config belongs to, as load_frame gives it."""
+    return _key(comparison_config(config))
+
+
 def arm_config(config: dict) -> dict:
     """The method's own knobs (name included) without its lr and the setting knobs."""
     method = config.get("method") or {}

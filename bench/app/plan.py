@@ -235,4 +235,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     machines = sorted(set(frame["machine"].dropna())) if "machine" in frame else []
     print(to_markdown(plans, ", ".join(machines) or None))
+    command = decide_command(plans, frame)
+    if command:
+        print(f"\nTo decide what seeds can decide: {command}")
     return 0
+
+
+def decide_command(plans: list[PartPlan], frame: pd.DataFrame) -> str | None:
+    """The `tunebench decide` call that gives every part seeds can decide its 80% seeds (None: seeds cannot help)."""
+    seeds = [p.seeds_80 for p in plans if p.seeds_80 is not None]
+    if not seeds:
+        return None
+    from importlib.resources import files
+
+    sweeps = sorted(set(frame["sweep"].dropna()))
+    preset = len(sweeps) == 1 and (Path(str(files("tunebench.conf"))) / "experiment" / f"{sweeps[0]}.yaml").exists()
+    grid = f"experiment={sweeps[0]}" if preset else "<the sweep's overrides>"
+    return f"tunebench decide {grid} decide.max_seeds={max(seeds)}"

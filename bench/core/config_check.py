@@ -59,6 +59,7 @@ class DecideKeys(_Open):
     first_seeds: Annotated[int, Field(ge=2, strict=True)] = 2
     round_seeds: Annotated[int, Field(ge=1, strict=True)] = 1
     spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+    parts: list[Literal["accuracy", "memory", "time", "communication"]] = ["accuracy", "memory", "time"]
 
 
 class ClaimKeys(_Open):
