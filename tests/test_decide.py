@@ -53,3 +53,23 @@ def test_bad_decide_input_is_one_line_and_runs_nothing(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert message in out and out.count("\n") == 1
     assert not (tmp_path / "results").exists()
+
+
+def test_decide_refuses_a_folder_whose_records_were_run_under_another_plan(tmp_path, monkeypatch, capsys):
+    from tunebench.app.decide import main
+
+    from .test_sequential import write_sequential_sweep
+
+    monkeypatch.setenv("TUNEBENCH_RESULTS", str(tmp_path / "results"))
+    write_sequential_sweep(tmp_path / "results" / "runs" / "dec", 2, 0.0, {"claim": {"primary": ["lora:accuracy"]}})
+    assert main(["sweep=dec", "decide.max_seeds=4"]) == 2
+    out = capsys.readouterr().out
+    assert "holds records run under another plan" in out and "sweep=dec_decided" in out
+
+
+def test_a_round_launches_one_run_per_group_seed_first_and_only_the_cells_it_needs():
+    from tunebench.app.decide import Cell, launches
+
+    cells = [Cell(("refine=none", "method=full"), "a", "full"), Cell(("refine=none", "method=lora"), "a", "lora"),
+             Cell(("refine=ssl", "method=full"), "b", "full")]
+    assert launches(cells, 3) == [["seed=0,1,2", "refine=none", "method=full,lora"], ["seed=0,1,2", "refine=ssl", "method=full"]]

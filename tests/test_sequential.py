@@ -189,3 +189,15 @@ def test_bad_decide_and_claim_keys_fail_before_any_work(override, message):
         cfg = compose("config", overrides=["decide.max_seeds=4", override])
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check_run_config(cfg)
+
+
+def test_the_page_shows_each_parts_hypothesis_and_the_rule_that_decided_it(tmp_path):
+    from tunebench.app.claim import check
+    from tunebench.app.frame import load_frame
+    from tunebench.app.html_report import forest_section
+
+    sweep = tmp_path / "runs" / "seq"
+    write_sequential_sweep(sweep, 4, 0.02, {"decide": {"max_seeds": 4}, "claim": {"primary": ["lora:accuracy"]}})
+    page = forest_section(check(load_frame(sweep)), "test")
+    assert "<th>hypothesis</th>" in page and "<td>primary</td>" in page and "<td>secondary</td>" in page
+    assert "boundary crossed at look" in page

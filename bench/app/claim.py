@@ -313,10 +313,12 @@ class ClaimPlan:
 
 def plan_of(frame: pd.DataFrame) -> ClaimPlan:
     """The plan the sweep's records carry; records that disagree are an error naming both plans."""
-    plans = sorted(set(frame["claim_plan"].dropna())) if "claim_plan" in frame else []
-    if len(plans) > 1:
-        raise ValueError(f"the records declare different claim plans (config claim / decide): {' vs '.join(plans)}; "
-                         f"a sweep's plan is fixed before it runs: keep one sweep folder per plan")
+    values = {p if isinstance(p, str) else None for p in frame["claim_plan"]} if "claim_plan" in frame else set()
+    plans = sorted(p for p in values if p is not None)
+    if len(values) > 1:  # two declarations, or records with one and records without
+        named = [*plans, *(["none (a fixed design)"] if None in values else [])]
+        raise ValueError(f"the records declare different claim plans (config claim / decide): {' vs '.join(named)}; "
+                         f"a sweep's plan is fixed before it runs: keep one sweep folder per plan (sweep=<another name>)")
     if not plans:
         return ClaimPlan()
     node = json.loads(plans[0])

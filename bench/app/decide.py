@@ -98,7 +98,26 @@ def plan_sweep(overrides: list[str]) -> Plan:
         config = {k: OmegaConf.to_container(composed[k], resolve=True) if OmegaConf.is_config(composed[k]) else composed[k]
                   for k in composed if k != "hydra"}
         cells.append(Cell(combo, comparison_key(config), str(composed.method.name)))
-    return Plan(fixed, cells, design.looks(), parts, Path(str(cfg.paths.runs)) / str(cfg.sweep), str(cfg.sweep))
+    runs = Path(str(cfg.paths.runs)) / str(cfg.sweep)
+    _check_same_plan(runs, cfg)
+    return Plan(fixed, cells, design.looks(), parts, runs, str(cfg.sweep))
+
+
+def _check_same_plan(runs: Path, cfg) -> None:
+    """Records already in the sweep folder must have been run under the same declared plan: seeds judged before
+    the design was declared would be a look the design does not count."""
+    from omegaconf import OmegaConf
+
+    from tunebench.app.frame import declared_plan, load_frame
+
+    if not any(runs.glob("*.json")):
+        return
+    mine = declared_plan({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("claim", "decide")})
+    plans = {None if isinstance(p, float) else p for p in load_frame(runs)["claim_plan"]}  # NaN: no plan
+    if plans - {mine}:
+        raise ValueError(f"{runs} holds records run under another plan ({sorted(plans - {mine})[0]}); this command "
+                         f"declares {mine}. Seeds judged before a design was declared are a look it does not count: "
+                         f"give this design its own folder, e.g. sweep={cfg.sweep}_decided")
 
 
 def needed(plan: Plan, look: int) -> list[Cell]:
@@ -130,7 +149,8 @@ def launches(cells: list[Cell], seeds: int) -> list[list[str]]:
         rest = tuple(o for o in cell.overrides if not o.startswith("method="))
         groups.setdefault(rest, []).extend(o.split("=", 1)[1] for o in cell.overrides if o.startswith("method="))
     seed_list = ",".join(map(str, range(seeds)))
-    return [[*rest, *([f"method={','.join(dict.fromkeys(methods))}"] if methods else []), f"seed={seed_list}"]
+    # seed first: the cells run seed by seed, so the arms the claim pairs run next to each other, under the same load
+    return [[f"seed={seed_list}", *rest, *([f"method={','.join(dict.fromkeys(methods))}"] if methods else [])]
             for rest, methods in groups.items()]
 
 

@@ -135,9 +135,17 @@ def _row(path: Path, record: dict) -> dict:
     row.update(started_at=record.get("started_at"), finished_at=record.get("finished_at"),
                machine=machine_label((record.get("env") or {}).get("machine")))
     row["error"] = (record.get("error") or {}).get("message")
-    plan = {k: config[k] for k in ("claim", "decide") if config.get(k)}
-    row["claim_plan"] = json.dumps(plan, sort_keys=True) if plan else None  # what the sweep declared (tunebench claim)
+    row["claim_plan"] = declared_plan(config)  # what the sweep declared (tunebench claim)
     return row
+
+
+def declared_plan(config: dict) -> str | None:
+    """The claim plan a run's config declares, as one comparable string: primary hypotheses and / or a sequential
+    design; None when it declares neither (the fixed design with Holm, as every record before plans existed)."""
+    claim, decide = config.get("claim") or {}, config.get("decide") or {}
+    plan = {**({"claim": claim} if claim.get("primary") else {}),
+            **({"decide": decide} if decide.get("max_seeds") is not None else {})}
+    return json.dumps(plan, sort_keys=True) if plan else None
 
 
 def fewshot_values(metrics: dict) -> dict:

@@ -203,16 +203,24 @@ def forest_section(comparisons: list[dict], source: str) -> str:
     if not comparisons:
         return "<h2>Claim</h2><p class='note'>No PEFT arm to compare with a reference in this sweep.</p>"
     fig = forest_figure(comparisons)
+    planned = any(p.get("sequential") for c in comparisons for p in c["parts"])
     verdicts = pd.DataFrame([{"comparison": comparison_label(c).replace("<br>", " "), "part": p["part"],
                               "estimate": "-" if p.get("estimate") is None else f"{p['estimate']:.4g}",
                               "95% CI": "-" if p.get("ci_low") is None else f"[{p['ci_low']:.4g}, {p['ci_high']:.4g}]",
                               "threshold": p.get("threshold"), "verdict (Holm)": p["verdict_adjusted"],
-                              "verdict (unadjusted)": p["verdict"]} for c in comparisons for p in c["parts"]])
+                              "verdict (unadjusted)": p["verdict"], **(_plan_columns(p) if planned else {})}
+                             for c in comparisons for p in c["parts"]])
     figure = "" if fig is None else _figure_html(fig, "forest")
     return (f"<h2>Claim</h2><p class='note'>From {html.escape(source)}. One row per comparison and part; the bar is "
             "the 95% interval, the dashed line the claim's threshold; colour is the Holm-adjusted verdict, an open "
             "marker means the unadjusted verdict differs (docs/statistics.md).</p>"
             + figure + _table_html(verdicts, "claim"))
+
+
+def _plan_columns(part: dict) -> dict:
+    """A declared plan's view of a part: primary or secondary hypothesis, and the rule that decided it (or not)."""
+    plan = part.get("sequential") or {}
+    return {"hypothesis": plan.get("family", "-"), "decision": plan.get("rule", "not a test")}
 
 
 def pareto_section(frame: pd.DataFrame) -> str:
