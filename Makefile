@@ -35,11 +35,13 @@ $(STAMP): $(PINS)
 	@touch $(STAMP)
 	@echo "[setup] $(VENV) is up to date"
 
-# Offline data (and the browser the report test drives) from Debian rather than PyPI: installed when missing and possible (root +
+# Offline data (and the browser the report test drives, and the TeX the LaTeX tables are compiled with) from Debian rather than PyPI: installed when missing and possible (root +
 # apt-get); otherwise the code that needs it says how to get it. Pairs of <file that proves it>:<package>.
 DEBIAN_ASSETS := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist \
                  /usr/share/wordnet/data.noun:wordnet-base \
-                 /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver
+                 /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver \
+                 /usr/bin/pdflatex:texlive-latex-base \
+                 /usr/share/texlive/texmf-dist/tex/latex/booktabs/booktabs.sty:texlive-latex-recommended
 assets:
 	@for pair in $(DEBIAN_ASSETS); do \
 	  file=$${pair%%:*}; pkg=$${pair##*:}; test -e $$file && continue; \

@@ -17,6 +17,7 @@ from scipy import stats as sps
 
 from tunebench.app.claim import _resampling_units
 from tunebench.app.stats import ALPHA, adjust
+from tunebench.app.tables import markdown_table
 
 GROUP = ["comparison", "configuration", "task", "refine", "method", "lr"]  # the report's rows; `method`: the arm
 
@@ -65,4 +66,4 @@ def baseline_markdown(table: pd.DataFrame) -> str:
         "weakest seed, 95% low": table.weakest_seed_low.map("{:.4f}".format),
         "p (Holm)": table.p_holm.map("{:.2g}".format), "verdict": table.verdict.map(lambda v: f"**{v}**"),
     })
-    return shown.to_markdown(index=False, disable_numparse=True)
+    return markdown_table(shown, index=False, disable_numparse=True)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tunebench.app.frame import load_frame
+from tunebench.app.tables import markdown_cell, markdown_table
 from tunebench.app.sequential import Design, SequentialTest, decide, one_sided_pvalues, seed_bound
 from tunebench.app.stats import (ADJUSTMENTS, ALPHA, Interval, MeanSquares, accuracy_interval, adjust, log_ratio_interval,
                                  seed_mean_interval)
@@ -462,7 +463,7 @@ def to_markdown(comparisons: list[dict], margin: float, adjust_method: str) -> s
     judged = plan or f"verdicts adjusted for {tests} tests: {adjust_method}"
     lines = [f"# PEFT claim check (accuracy margin {margin:g} pt; 95% t-intervals; {judged})", ""]
     for c in comparisons:
-        lines += [f"## {_title(c)}", ""]
+        lines += [f"## {markdown_cell(_title(c))}", ""]
         rows = [
             {"part": p["part"], "estimate": _fmt(p["estimate"]),
              "95% CI": "-" if p["ci_low"] is None else f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]",
@@ -470,12 +471,12 @@ def to_markdown(comparisons: list[dict], margin: float, adjust_method: str) -> s
              ("decision (hypothesis: look, p <= boundary)" if plan else "p (adj.)"): _decision(p), "note": p["note"]}
             for p in c["parts"]
         ]
-        lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+        lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
         if c.get("runs_at_other_lrs"):
             lines += [f"{c['runs_at_other_lrs']} ok run(s) at other lrs not compared (each arm at its best validation lr).", ""]
         if c["excluded"]:
             lines += ["Runs not counted:", ""]
-            lines += [f"- {e['arm']} seed {e['seed']} ({e['run_id']}): {e['reason']}" for e in c["excluded"]]
+            lines += [f"- {e['arm']} seed {e['seed']} ({e['run_id']}): {markdown_cell(e['reason'])}" for e in c["excluded"]]
             lines += [""]
     return "\n".join(lines)
 

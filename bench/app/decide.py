@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunebench.app.claim import PART_KINDS
+from tunebench.app.compose import compose_config, split_overrides
 
 DEFAULT_PARTS = ("accuracy", "memory", "time")
 
@@ -35,28 +36,6 @@ class Cell:
     overrides: tuple[str, ...]
     comparison: str  # the claim's comparison key (tunebench.app.frame)
     method: str
-
-
-def _compose(overrides: list[str], hydra_config: bool = False):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module("tunebench.conf", version_base="1.3"):
-        return compose("config", overrides=[*overrides, "hydra/sweeper=basic"], return_hydra_config=hydra_config)
-
-
-def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """(the fixed overrides, the swept keys with their values) of a command line, Hydra's grammar."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    fixed, swept = [], {}
-    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        if parsed.is_sweep_override():
-            swept[parsed.get_key_element()] = list(parsed.sweep_string_iterator())
-        else:
-            fixed.append(text)
-    return fixed, swept
 
 
 @dataclass
@@ -80,7 +59,7 @@ def plan_sweep(overrides: list[str]) -> Plan:
     fixed, swept = split_overrides(overrides)
     if "seed" in swept or any(o.startswith("seed=") for o in fixed):
         raise ValueError("seed: tunebench decide chooses the seeds (0 .. decide.max_seeds - 1); leave seed out")
-    cfg = _compose(fixed, hydra_config=True)
+    cfg = compose_config(fixed, hydra_config=True)
     check_run_config(cfg)
     decide = cfg.decide
     if decide.max_seeds is None:
@@ -94,7 +73,7 @@ def plan_sweep(overrides: list[str]) -> Plan:
     combos = [tuple(f"{k}={v}" for k, v in zip(params, values)) for values in itertools.product(*params.values())] or [()]
     cells = []
     for combo in combos:
-        composed = _compose([*fixed, *combo, "seed=0"])
+        composed = compose_config([*fixed, *combo, "seed=0"])
         config = {k: OmegaConf.to_container(composed[k], resolve=True) if OmegaConf.is_config(composed[k]) else composed[k]
                   for k in composed if k != "hydra"}
         cells.append(Cell(combo, comparison_key(config), str(composed.method.name)))
@@ -162,7 +141,7 @@ def missing_cells(plan: Plan, cells: list[Cell], seeds: int) -> int:
     count = 0
     for cell in cells:
         for seed in range(seeds):
-            config = semantic_config(_compose([*plan.fixed, *cell.overrides, f"seed={seed}"]))
+            config = semantic_config(compose_config([*plan.fixed, *cell.overrides, f"seed={seed}"]))
             count += existing_status(plan.runs, run_id(config)) != "ok"
     return count
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tunebench.app.tables import markdown_table
+
 TIE = 1e-9
 
 
@@ -59,4 +61,4 @@ def lr_choice_markdown(table: pd.DataFrame) -> str:
         "mean": [f"{m:.3f}" if c else "incomplete" for m, c in zip(table["mean"], table.complete)],
         "chosen": table.chosen.map(lambda c: "**chosen**" if c else ""),
     })
-    return shown.to_markdown(index=False, disable_numparse=True)
+    return markdown_table(shown, index=False, disable_numparse=True)

@@ -32,6 +32,7 @@ from scipy import stats as sps
 from tunebench.app.claim import PART_KINDS, RATIO_COLUMNS, ClaimPlan, Settings, accuracy_units, best_lr_runs, check, plan_of
 from tunebench.app.sequential import seed_bound
 from tunebench.app.stats import ALPHA, MeanSquares
+from tunebench.app.tables import markdown_table
 
 POWERS = (0.8, 0.9)
 
@@ -202,7 +203,7 @@ def to_markdown(plans: list[PartPlan], machine: str | None = None) -> str:
              "seeds for 80% / 90%": f"{p.seeds_80 or '-'} / {p.seeds_90 or '-'}",
              "cost for 80%": _duration(p.seconds_80), "note": p.note} for p in plans]
     where = f" (cell times measured on {machine})" if machine else ""
-    return (pd.DataFrame(rows).to_markdown(index=False) +
+    return (markdown_table(pd.DataFrame(rows), index=False) +
             f"\n\nCosts are wall time per added cell pair{where}, run one at a time; a sequential design "
             f"(`tunebench decide`) stops each comparison as soon as it is decided, usually well before these counts.")
 

@@ -26,6 +26,8 @@ import re
 import shutil
 from pathlib import Path
 
+from tunebench.app.tables import markdown_table
+
 PUBLISHED = Path("results/published")
 MIN_CLAIM_SEEDS = 3  # a published verdict rests on at least this many paired seeds
 BLOCK = re.compile(r"(<!-- published: (?P<source>[^ ]+) -->\n)(?P<body>.*?)(<!-- /published -->)", re.S)
@@ -105,12 +107,11 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     from tunebench.app.artefacts import artefact_frame, summarize
     from tunebench.app.claim import check, write_claim
     from tunebench.app.frame import load_frame
-    from tunebench.app.report import write_tables
 
     sweep_dir, dest = Path(sweep_dir), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     frame = load_frame(sweep_dir)  # fails naming a malformed record before anything is written
-    written = list(write_tables(frame, dest, f"tunebench sweep {sweep_dir.name}")["paths"].values())
+    written = write_results_tables(frame, dest, sweep_dir.name)
     comparisons = check(frame)
     if comparisons and all(len(c.get("seeds") or []) >= MIN_CLAIM_SEEDS for c in comparisons):
         written += write_claim(comparisons, dest, 1.0, "holm")[1]
@@ -127,7 +128,7 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
         written.append(dest / "refinements.md")
     uses = summarize(artefact_frame(sweep_dir))
     if not uses.empty:
-        (dest / "artefacts.md").write_text(uses.to_markdown(index=False) + "\n")
+        (dest / "artefacts.md").write_text(markdown_table(uses, index=False) + "\n")
         written.append(dest / "artefacts.md")
     records = dest / "records"
     shutil.rmtree(records, ignore_errors=True)
@@ -137,6 +138,13 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
     written.append(records)
     written.append(write_page(dest))
     return written
+
+
+def write_results_tables(frame, dest: Path, name: str | None = None) -> list[Path]:
+    """dest/results.{md,csv,tex}: the report's tables (`publish` and `--pages`), captioned with the sweep's name."""
+    from tunebench.app.report import write_tables
+
+    return list(write_tables(frame, dest, f"tunebench sweep {name or dest.name}")["paths"].values())
 
 
 def _write_table(path: Path, table, markdown) -> list[Path]:
@@ -237,14 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="folder of run records, e.g. results/runs/quick")
     parser.add_argument("--to", type=Path, default=None, help="destination (default: results/published/<sweep name>)")
     parser.add_argument("--pages", action="store_true",
-                        help="instead: rewrite report.html, baseline.md, lr_choice.md and cost.md of every published sweep from its published "
+                        help="instead: rewrite report.html, results.{md,csv,tex}, baseline.md, lr_choice.md and cost.md of every published sweep from its published "
                              "records (SWEEP_DIR: the published root, e.g. results/published)")
     args = parser.parse_args(argv)
     if args.pages:
         for folder in sorted(p.parent for p in args.sweep_dir.glob("*/records")):
             if any(folder.joinpath("records").glob("*.json")):
                 print(f"-> {write_page(folder)}")
-                for path in write_arm_tables(load_frame(folder / "records"), folder):
+                frame = load_frame(folder / "records")
+                for path in [*write_results_tables(frame, folder), *write_arm_tables(frame, folder)]:
                     print(f"-> {path}")
         return 0
     try:

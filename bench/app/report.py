@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from tunebench.app.frame import CLIP_KEYS, CONTINUAL_KEYS, load_frame, setting_keys
+from tunebench.app.tables import latex_table, markdown_table, write_csv
+from tunebench.core.names import file_component
 
 # One row per configuration, task, refinement, arm (the method, with its knobs where they differ) and lr.
 GROUP_KEYS = ["comparison", "configuration", "task", "refine", "method", "lr"]
@@ -168,7 +170,7 @@ def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig.suptitle(f"{task} — refinement: {refine}" + (f" — {configuration}" if configuration else ""))
         fig.tight_layout()
         suffix = f"__{_slug(configuration)}" if configuration else ""
-        path = out_dir / f"{task}__{refine}{suffix}__accuracy_vs_cost.png"
+        path = out_dir / f"{file_component(task)}__{file_component(refine)}{suffix}__accuracy_vs_cost.png"  # names are data
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
@@ -184,14 +186,11 @@ def write_tables(frame: pd.DataFrame, tables_dir: Path, caption: str) -> dict:
     tables_dir.mkdir(parents=True, exist_ok=True)
     table = summarize(frame)
     shown = display_table(table)
-    markdown = shown.to_markdown(index=False, disable_numparse=True)
+    markdown = markdown_table(shown, index=False, disable_numparse=True)
     paths = {"md": tables_dir / "results.md", "csv": tables_dir / "results.csv", "tex": tables_dir / "results.tex"}
     paths["md"].write_text(markdown + "\n")
-    table.drop(columns=["comparison"]).to_csv(paths["csv"], index=False)
-    paths["tex"].write_text(
-        shown.style.hide(axis="index").to_latex(hrules=True, caption=f"{caption}: test accuracy and cost (mean ± std over seeds)")
-        .replace("±", r"$\pm$").replace("%", r"\%")
-    )
+    write_csv(table.drop(columns=["comparison"]), paths["csv"], index=False)
+    paths["tex"].write_text(latex_table(shown, f"{caption}: test accuracy and cost (mean ± std over seeds)"))
     return {"table": table, "markdown": markdown, "paths": paths}
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from tunebench.app.tables import markdown_table
+
 COLUMNS = ("table", "method", "model", "dataset", "metric", "kind", "target", "tolerance", "source", "status",
            "notes", "cell")
 KINDS = ("exact", "abs", "one_sided", "ci")
@@ -331,7 +333,7 @@ def table(rows: list[Target], outcomes: list[Outcome]) -> pd.DataFrame:
 def to_markdown(frame: pd.DataFrame) -> str:
     shown = frame.drop(columns=["source"]).copy()
     shown["why"] = shown["why"].str.replace("|", "\\|", regex=False)  # a literal bar inside a table cell
-    return shown.to_markdown(index=False, disable_numparse=True)
+    return markdown_table(shown, index=False, disable_numparse=True)
 
 
 # --- running what is missing --------------------------------------------------------------------------------

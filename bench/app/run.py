@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from hydra_plugins.tunebench_sweeper import TunebenchSweeper  # noqa: E402
 from tunebench.core import record  # noqa: E402
+from tunebench.core.names import file_component  # noqa: E402
 from tunebench.app.runner import SweepSummary, run_cell, semantic_config  # noqa: E402
 
 
@@ -45,6 +46,9 @@ def _invocation() -> str:
 OmegaConf.register_new_resolver("tb_run_id", _run_id_of_root, replace=True)
 OmegaConf.register_new_resolver("tb_invocation", _invocation, replace=True)
 OmegaConf.register_new_resolver("tb_config_groups", _config_groups, replace=True)
+# Hydra's output folders are named after the sweep: mapped to a safe component whatever it is (the run refuses an
+# unsafe sweep name before it writes a record; Hydra creates its folder before the run starts).
+OmegaConf.register_new_resolver("tb_component", file_component, replace=True)
 # Hydra's plugin scan does not see modules of an editable install: register ours by hand (after
 # the scan, which Plugins.instance() runs); importing it stores its config.
 Plugins.instance().register(TunebenchSweeper)
@@ -85,8 +89,33 @@ def _results_root_refused(argv: list[str]) -> str | None:
     return None
 
 
+def _unsafe_name(argv: list[str]) -> str | None:
+    """One line if the sweep name this call would use is not a plain folder name (`sweep=../../x` would put records,
+    locks and Hydra's folders outside the results root); checked before Hydra creates anything."""
+    from hydra.errors import HydraException
+
+    from tunebench.app.compose import compose_config, split_overrides
+    from tunebench.core.names import UnsafeName, check_component
+
+    if any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve") for a in argv):
+        return None
+    try:
+        fixed, swept = split_overrides([a for a in argv if not a.startswith("-")])
+        for value in swept.get("sweep", []):
+            check_component(value, "sweep")
+        for experiment in swept.get("experiment", [None]):
+            chosen = [*fixed, *([f"experiment={experiment}"] if experiment else [])]
+            sweep = swept["sweep"][0] if "sweep" in swept else compose_config(chosen).sweep
+            check_component(sweep, "sweep")
+    except UnsafeName as e:
+        return f"tunebench run: {e}"
+    except (HydraException, ValueError):
+        return None  # a bad override or group: Hydra itself says which, as before
+    return None
+
+
 def main() -> int:
-    refused = _results_root_refused(sys.argv[1:])
+    refused = _unsafe_name(sys.argv[1:]) or _results_root_refused(sys.argv[1:])
     if refused:
         print(refused, file=sys.stderr)
         return 2

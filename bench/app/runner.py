@@ -23,6 +23,7 @@ from tunebench.core.engine import TrainSettings, lr_for
 from tunebench.core.loggers import LOGGERS
 from tunebench.core.meter import CostMeter, combine_ranks
 from tunebench.core.models import ModelFactory, prepare_packaged
+from tunebench.core.names import UnsafeName, check_component
 from tunebench.core.federated import FederatedSettings
 from tunebench.core.run_context import Result, RunContext
 from tunebench.core.seeding import seed_everything
@@ -199,6 +200,11 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
     from tunebench.app import cell
 
     _quiet_libraries()
+    try:  # before anything is read or written under the sweep's folder
+        check_component(cfg.sweep, "sweep")
+    except UnsafeName as e:
+        log.error("run not started: %s", e)
+        return "failed"
     config = semantic_config(cfg)
     rid = rec.run_id(config)
     path = rec.record_path(Path(cfg.paths.runs) / str(cfg.sweep), rid)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from tunebench.app.frame import load_frame
 from tunebench.app.sweeper import launched_cells
+from tunebench.app.tables import markdown_table
 
 COLUMNS = ["status", "task", "refine", "method", "lr", "seed", "run_id", "slurm_job_id", "error"]
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = frame.sort_values(["task", "refine", "method", "lr", "seed"], na_position="last")
     shown = frame[COLUMNS].astype(object).where(frame[COLUMNS].notna(), "-")
     shown["error"] = shown["error"].map(lambda e: str(e).splitlines()[0][:160] if e != "-" else "-")
-    print(shown.to_markdown(index=False))
+    print(markdown_table(shown, index=False))
     counts = frame.status.value_counts().to_dict()
     print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0 if set(counts) == {"ok"} else 1

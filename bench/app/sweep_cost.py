@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tunebench.app.tables import markdown_table
+
 
 def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, refinement, configuration, arm) of the ok runs: cells and mean seconds per cell."""
@@ -72,5 +74,5 @@ def cost_markdown(table: pd.DataFrame) -> str:
         "first start -> last finish": _span(totals),
         "machines (env.machine)": "; ".join(totals["machines"]) or "-",
     }])
-    return (summary.to_markdown(index=False, disable_numparse=True) + "\n\n"
-            + shown.to_markdown(index=False, disable_numparse=True))
+    return (markdown_table(summary, index=False, disable_numparse=True) + "\n\n"
+            + markdown_table(shown, index=False, disable_numparse=True))

@@ -69,7 +69,10 @@ class TunebenchSweeper(BasicSweeper):
         """Note the cell; None if it needs no job (its ok record exists and force is off)."""
         from tunebench.app.runner import semantic_config
 
+        from tunebench.core.names import check_component
+
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        check_component(job_cfg.sweep, "sweep")  # the note goes under the sweep's folder
         rid = rec.run_id(semantic_config(job_cfg))
         sweep_dir = Path(job_cfg.paths.runs) / str(job_cfg.sweep)
         note = note_cell(sweep_dir, rid, overrides, job_num)
