@@ -153,6 +153,10 @@ def ratio_part(name: str, column: str, peft: pd.DataFrame, full: pd.DataFrame, f
         est = float(np.exp(np.mean(np.log(p[usable] / f[usable])))) if usable.any() else None
         return Part(name, est, None, None, threshold, "inconclusive", f"{int(usable.sum())} paired seed(s) with measurements; needs >= 2")
     interval = log_ratio_interval(p[usable], f[usable])
+    if interval.se == 0:  # the same ratio on every seed: no spread to test, a value to compare (like a count)
+        ratio = math.exp(interval.estimate)
+        return Part(name, ratio, ratio, ratio, threshold, "supported" if ratio <= factor * (1 + 1e-12) else "refuted",
+                    f"{int(usable.sum())} seeds, the same ratio on every seed: judged as a fixed value (no test)")
     note = f"{int(usable.sum())} seeds; geometric mean, t-interval on log ratios ({interval.df:.0f} df)"
     return _tested(name, interval, math.log(factor), lower_is_claim=True, scale=math.exp, threshold=threshold, note=note)
 

@@ -32,6 +32,7 @@ class RootKeys(_Open):
     count_only: bool
     save_model: bool = False
     threads: Annotated[int, Field(ge=1)] | None = None
+    cell_process: Literal["auto", True, False] = "auto"
 
 
 class MethodKeys(_Open):
@@ -97,10 +98,24 @@ def check_run_config(cfg) -> None:
             key = ".".join([*([group] if group else []), *map(str, error["loc"])])
             value = _at(values, error["loc"])
             raise ConfigError(f"{key}={value!r}: expected {_expected(error)}") from None
+    _check_train(cfg.get("train"))
     decide = cfg.get("decide") or {}
     if decide.get("max_seeds") is not None and int(decide.get("first_seeds", 2)) > int(decide["max_seeds"]):
         raise ConfigError(f"decide.first_seeds={decide['first_seeds']} is above decide.max_seeds={decide['max_seeds']}: "
                           f"the first look cannot come after the last")
+
+
+def _check_train(train) -> None:
+    """`train.*` through the engine's own typed view (TrainSettings), so a key read before the run starts (processes,
+    checkpoint_every, dist_timeout_s) is refused here in one line too."""
+    if train is None:
+        return
+    from tunebench.core.engine import TrainSettings
+
+    try:
+        TrainSettings.from_config(OmegaConf.to_container(train, resolve=True) if OmegaConf.is_config(train) else train)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _at(values: dict, loc: tuple) -> Any:

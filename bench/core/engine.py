@@ -147,7 +147,11 @@ def _checked(key: str, value):
         if not isinstance(value, str) or not (value in ("auto", "cpu") or value.startswith("cuda")):
             fail("auto, cpu or cuda[:N]")
         return value
-    return value  # checkpoint_every (checked where used), compile (a backend name or a bool)
+    if key == "checkpoint_every":
+        if value not in (None, "auto") and (isinstance(value, bool) or not str(value).isdigit()):
+            fail("auto or a whole number >= 0 (steps between in-run checkpoints; 0: never)")
+        return value if value in (None, "auto") else int(value)
+    return value  # compile (a backend name or a bool)
 
 
 MODALITY_LR_KEYS = {"image": "image_lr", "generation": "generation_lr"}  # where a method's lr differs by modality
