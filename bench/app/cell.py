@@ -73,11 +73,12 @@ def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) 
         proc = subprocess.run(child_command(f.name, log_file, int(cfg.train.processes)), env=os.environ.copy())
     finally:
         Path(f.name).unlink(missing_ok=True)
-    for written in (record_path, rec.fallback_path(record_path)):  # the fallback: its folder refused the record
+    for written, elsewhere in ((record_path, False), (rec.fallback_path(record_path), True)):  # the fallback: its folder refused the record
         try:
-            return rec.read_record(written)["status"]
+            status = rec.read_record(written)["status"]
         except (FileNotFoundError, ValueError):
-            pass
+            continue
+        return "unsaved" if elsewhere else status  # a record outside its sweep folder is not a success
     how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
     record = rec.failed_record(config, run_id, str(cfg.sweep), "CellProcessDied",
                                f"the cell's process {how} before writing its record (out of memory?); log: {log_file}")

@@ -52,7 +52,7 @@ OmegaConf.register_new_resolver("tb_component", file_component, replace=True)
 # Hydra's plugin scan does not see modules of an editable install: register ours by hand (after
 # the scan, which Plugins.instance() runs); importing it stores its config.
 Plugins.instance().register(TunebenchSweeper)
-FAILED = ("failed", "diverged", "missing", "cancelled", "lost")
+FAILED = ("failed", "diverged", "missing", "cancelled", "lost", "unsaved")  # unsaved: the record went to the fallback folder
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tunebench.conf", config_name="config")

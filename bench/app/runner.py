@@ -236,6 +236,7 @@ def run_cell(cfg: DictConfig, in_child: bool = False) -> str:
             return "elsewhere"
         if _already_ok(cfg, path, rid):  # finished by another process between the first look and the lock
             return "skipped"
+        rec.clear_stale_temps(path.parent, rid)  # a killed write of this record left its temp file
         if cell.wanted(cfg):
             return cell.run_in_child(cfg, config, rid, path)
         return _run_here(cfg, config, rid, path)
@@ -308,13 +309,14 @@ def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
     record.setdefault("resumed_from_step", 0)
     record["cache_builds"] = builds_since(builds_before)  # artefacts this run built (a cold cache) rather than loaded
     record["finished_at"] = rec.now_iso()
+    kept = path
     if _writes_record(ranks, record, path):
-        path = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named
+        kept = rec.write_record(path, record)  # a folder that stopped accepting files: kept elsewhere, named
         if not (record.get("error") or {}).get("checkpoint_kept"):
             checkpoint.clear()  # the record is final (a failed cell reruns from zero, with the fix)
-        _log_outcome(record, path)
+        _log_outcome(record, kept)
     logger.finish(record)
-    return record["status"]
+    return "unsaved" if kept != path else record["status"]  # a record not where it belongs is no success
 
 
 def _rank_message(ranks: dp.Ranks, cfg, error: Exception) -> str:

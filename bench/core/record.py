@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -92,8 +93,29 @@ def ensure_writable(folder: Path, key: str) -> None:
 
 
 def fallback_path(path: Path) -> Path:
-    """Where a record goes when its folder refuses it at the end of a run (never thrown away)."""
-    return Path(tempfile.gettempdir()) / "tunebench-unsaved-records" / Path(path).parent.name / Path(path).name
+    """Where a record goes when its folder refuses it at the end of a run (never thrown away): a folder private to
+    this user (0700) and to the results root the record belonged to, so two roots with the same sweep name, or two
+    users, never share one."""
+    path = Path(path)
+    root = hashlib.sha256(str(path.parent.parent.resolve()).encode()).hexdigest()[:12]
+    return private_folder(Path(tempfile.gettempdir()) / f"tunebench-unsaved-records-{os.getuid()}") / root / path.parent.name / path.name
+
+
+def private_folder(folder: Path) -> Path:
+    """`folder`, created 0700 if missing; refused (OSError) if another user owns it or others can write to it."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.lstat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022 or not stat.S_ISDIR(info.st_mode):
+        raise OSError(f"{folder} is not this user's private folder (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}): "
+                      f"refusing to keep a record there; remove it or set TMPDIR")
+    return folder
+
+
+def clear_stale_temps(sweep_dir: Path, rid: str) -> None:
+    """Remove the temp files a killed write of this cell's record left (`.<run_id>.<random>.tmp`); called while the
+    cell's lock is held, so no write of this record is under way."""
+    for leftover in Path(sweep_dir).glob(f".{rid}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def failed_record(config: dict, rid: str, sweep: str, error_type: str, message: str) -> dict:
