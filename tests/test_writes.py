@@ -56,3 +56,30 @@ def test_a_run_whose_record_went_to_the_fallback_folder_does_not_count_as_ok(tmp
     monkeypatch.setattr(rec, "write_atomic", refusing)
     assert run_cell(cfg) == "unsaved" and "unsaved" in run.FAILED  # a single `tunebench run` exits 1 on it
     assert "kept it at" in caplog.text
+
+
+def test_a_publish_that_fails_half_way_leaves_the_published_folder_as_it_was(tmp_path, monkeypatch):
+    from tunebench.app import publish as pub
+
+    from .test_report_claim import full_runs, write_run
+
+    sweep = tmp_path / "runs" / "s"
+    for seed in range(3):
+        write_run(sweep, "lora", seed, 0.8)
+    full_runs(sweep, [0.81, 0.8, 0.82])
+    dest = tmp_path / "published" / "s"
+    pub.publish(sweep, dest)
+    before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    write_run(sweep, "lora", 3, 0.9)  # new records, then the publish dies before its page
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pub, "write_page", dies)
+    with pytest.raises(KeyboardInterrupt):
+        pub.publish(sweep, dest)
+    assert {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+    assert not [p.name for p in dest.parent.iterdir() if p.name.startswith(".")]  # no half-written sibling left
+    monkeypatch.undo()
+    pub.publish(dest / "records", dest)  # a published folder republished from its own records
+    assert len(list((dest / "records").glob("*.json"))) == 6 and (dest / "report.html").exists()

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from tunebench.app.tables import markdown_table
@@ -104,13 +106,39 @@ def refinement_summary(frame) -> str:
 
 
 def publish(sweep_dir: Path, dest: Path) -> list[Path]:
-    from tunebench.app.artefacts import artefact_frame, summarize
-    from tunebench.app.claim import check, write_claim
+    """Every published file of the sweep, written into a temporary sibling of `dest` that then replaces it: a publish
+    killed half-way leaves the old folder as it was (and a hidden `.<name>.*.tmp` folder), never a mixed one."""
     from tunebench.app.frame import load_frame
+    from tunebench.core.record import current_umask
 
     sweep_dir, dest = Path(sweep_dir), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     frame = load_frame(sweep_dir)  # fails naming a malformed record before anything is written
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; a published folder is read by anyone
+        written = _publish_into(frame, sweep_dir, staging, dest.name)
+        _replace_folder(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_pages_index(dest.parent)
+    return [dest / path.relative_to(staging) for path in written]
+
+
+def _replace_folder(new: Path, dest: Path) -> None:
+    """`dest` <- `new` by renames in one folder: the old folder is moved aside, the new one takes its name."""
+    old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_into(frame, sweep_dir: Path, dest: Path, name: str) -> list[Path]:
+    from tunebench.app.artefacts import artefact_frame, summarize
+    from tunebench.app.claim import check, write_claim
+
     written = write_results_tables(frame, dest, sweep_dir.name)
     comparisons = check(frame)
     if comparisons and all(len(c.get("seeds") or []) >= MIN_CLAIM_SEEDS for c in comparisons):
@@ -118,8 +146,6 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
         (dest / "claim_summary.md").write_text(claim_summary(comparisons) + "\n")
         written.append(dest / "claim_summary.md")
     else:  # an arm without paired reference runs, or on fewer seeds (an lr grid): no claim to stand behind
-        for name in ("claim.md", "claim.json", "claim_summary.md"):
-            (dest / name).unlink(missing_ok=True)
         print(f"no claim published for {sweep_dir.name}: a PEFT arm has fewer than {MIN_CLAIM_SEEDS} seeds paired "
               f"with its reference method (tunebench claim still judges it)")
     written += write_arm_tables(frame, dest)
@@ -131,12 +157,11 @@ def publish(sweep_dir: Path, dest: Path) -> list[Path]:
         (dest / "artefacts.md").write_text(markdown_table(uses, index=False) + "\n")
         written.append(dest / "artefacts.md")
     records = dest / "records"
-    shutil.rmtree(records, ignore_errors=True)
     records.mkdir()
     for path in frame["path"]:
         shutil.copy2(path, records / Path(path).name)
     written.append(records)
-    written.append(write_page(dest))
+    written.append(write_page(dest, name))
     return written
 
 
@@ -187,16 +212,20 @@ def write_arm_tables(frame, dest: Path) -> list[Path]:
     return [path for write in ARM_TABLES.values() for path in write(frame, dest)]
 
 
-def write_page(dest: Path) -> Path:
+def write_page(dest: Path, name: str | None = None) -> Path:
     """dest/report.html from the published copies of the records (its links point at them) and dest/claim.json, with
-    plotly.js, the style and the table script shared by every published page (results/published/), then the index of every published page (pages.md, shown in docs/results.md)."""
+    plotly.js, the style and the table script shared by every published page (results/published/)."""
     from tunebench.app.html_report import write_html
 
-    page = write_html(dest / "records", dest / "report.html", shared_dir=dest.parent, name=dest.name)
-    pages = sorted(dest.parent.glob("*/report.html"))
-    (dest.parent / "pages.md").write_text("\n".join(
-        f"- [{p.parent.name}](../results/published/{p.parent.name}/report.html)" for p in pages) + "\n")
-    return page
+    return write_html(dest / "records", dest / "report.html", shared_dir=dest.parent, name=name or dest.name)
+
+
+def write_pages_index(published: Path) -> Path:
+    """published/pages.md: every published page (shown in docs/results.md); folders being written are hidden."""
+    pages = sorted(p for p in published.glob("*/report.html") if not p.parent.name.startswith("."))
+    index = published / "pages.md"
+    index.write_text("\n".join(f"- [{p.parent.name}](../results/published/{p.parent.name}/report.html)" for p in pages) + "\n")
+    return index
 
 
 def render(text: str, root: Path) -> tuple[str, list[str]]:
@@ -250,11 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pages:
         for folder in sorted(p.parent for p in args.sweep_dir.glob("*/records")):
-            if any(folder.joinpath("records").glob("*.json")):
+            if any(folder.joinpath("records").glob("*.json")) and not folder.name.startswith("."):
                 print(f"-> {write_page(folder)}")
                 frame = load_frame(folder / "records")
                 for path in [*write_results_tables(frame, folder), *write_arm_tables(frame, folder)]:
                     print(f"-> {path}")
+        print(f"-> {write_pages_index(args.sweep_dir)}")
         return 0
     try:
         written = publish(args.sweep_dir, args.to or PUBLISHED / args.sweep_dir.name)
