@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunebench.core import distributed as dp
 from tunebench.core import record as rec
 from tunebench.core.cache import BUILT_HERE, builds_since
-from tunebench.core.checkpoint import RunCheckpoint, checkpoint_every
+from tunebench.core.checkpoint import Preempted, RunCheckpoint, checkpoint_every
 from tunebench.core.config_check import ConfigError, check_run_config
 from tunebench.core.engine import TrainSettings, lr_for
 from tunebench.core.loggers import LOGGERS
@@ -292,6 +292,9 @@ def _run_as(ranks: dp.Ranks, cfg, record: dict, rid: str, path: Path) -> str:
     except Diverged as e:
         record["status"], record["error"] = "diverged", rec.error_info(e)
         log.warning("run %s diverged: %s", rid, e)
+    except Preempted as e:  # SIGUSR1 with no launcher to requeue: checkpointed; the same command resumes
+        record["status"], record["error"] = "failed", {**rec.error_info(e), "checkpoint_kept": True}
+        log.warning("run %s stopped: %s", rid, e)
     except AwaitingLabels as e:  # a clean stop, not a failure: the same command resumes once labels are in
         record["status"], record["error"] = "awaiting_labels", {**rec.error_info(e), "labels_file": str(e.path)}
         log.warning("run %s stopped: %s", rid, e)

@@ -121,14 +121,22 @@ def checkpoint_every(cfg) -> int:
         raise ValueError(f"train.checkpoint_every={value!r}: expected 'auto' or a number of steps (0 = never)") from None
 
 
+class Preempted(Exception):
+    """The preemption signal in a run no launcher requeues: it checkpointed at a step boundary and stops; running
+    the same cell again resumes from the checkpoint."""
+
+
 class PreemptionGuard:
-    """Defers the preemption-signal handler installed by the launcher (submitit's requeue) to a step
-    boundary. Outside a launcher that handles the signal (or off the main thread) it does nothing.
-    """
+    """Defers the preemption signal (SIGUSR1) to a step boundary. Under a launcher that handles it (submitit's
+    requeue), the launcher's handler runs there; in a run no launcher requeues (a local `tunebench run`), the run
+    checkpoints there and stops with Preempted, instead of dying on the signal's default action with nothing saved.
+    Off the main thread it does nothing (signal handlers belong to the main thread)."""
 
     def __init__(self):
         self._signal = preempt_signal()
         self._previous = None
+        self._installed = None  # what this guard replaced, to put back on exit
+        self._entered = False
         self._pending: tuple | None = None
 
     def __enter__(self) -> "PreemptionGuard":
@@ -136,11 +144,13 @@ class PreemptionGuard:
             previous = signal.getsignal(self._signal)
             if callable(previous):
                 self._previous = previous
-                signal.signal(self._signal, self._defer)
+            self._installed, self._entered = previous, True
+            signal.signal(self._signal, self._defer)
         return self
 
     def _defer(self, signum, frame) -> None:
-        log.warning("%s received: checkpointing at the next step boundary, then requeueing", self._signal.name)
+        then = "requeueing" if self._previous is not None else "stopping (no launcher requeues this run)"
+        log.warning("%s received: checkpointing at the next step boundary, then %s", self._signal.name, then)
         self._pending = (signum, frame)
 
     @property
@@ -153,6 +163,10 @@ class PreemptionGuard:
         In a multi-task job every task stops at the same step (the ranks agree on it), but only task 0
         requeues; submitit's handler returns on the others, which then wait for SLURM to stop them with
         the job. A task whose own copy of the signal has not arrived yet waits for it first."""
+        if self._previous is None:  # no launcher to requeue: stop here, the checkpoint is on disk
+            self._pending = None
+            raise Preempted(f"{self._signal.name} received and no launcher requeues this run: it checkpointed and "
+                            f"stopped; run the same cell again to resume from the checkpoint")
         deadline = time.monotonic() + wait_s
         while self._pending is None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -165,8 +179,8 @@ class PreemptionGuard:
         raise SystemExit(0)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(self._signal, self._previous)
+        if self._entered:
+            signal.signal(self._signal, self._installed if self._installed is not None else signal.SIG_DFL)
             if self._pending is not None:
                 # The signal came after the last training step: finishing is quicker than a requeue.
                 log.warning("the preemption signal arrived after training ended; finishing the run instead of requeueing")
