@@ -127,6 +127,24 @@ def test_page_renders_in_chromium(page, width):
         assert descending[-1] == "-" and [float(a) for a in descending[:3]] == sorted((float(a) for a in descending[:3]), reverse=True)
         assert np.isclose(float(descending[0]), 0.8043)  # full fine-tuning's published mean
         assert len(driver.find_elements(By.CSS_SELECTOR, "#failures tbody tr")) == 1
+        # every arm is drawn inside every accuracy-vs-cost panel: each marker's centre within the panel's plot area
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "const p = document.querySelectorAll('div[id^=fig-pareto]'); return p.length == 3 && Array.from(p).every(gd => gd._fullLayout)"))
+        panels = driver.execute_script("""
+            return Array.from(document.querySelectorAll('div[id^=fig-pareto]')).map(gd => {
+              const plot = gd.querySelector('.draglayer .nsewdrag').getBoundingClientRect();
+              const cell = (gd.closest('.cell') || gd.parentElement).getBoundingClientRect();  // what the page shows of it
+              const area = {left: Math.max(plot.left, cell.left), right: Math.min(plot.right, cell.right),
+                            top: Math.max(plot.top, cell.top), bottom: Math.min(plot.bottom, cell.bottom)};
+              const points = Array.from(gd.querySelectorAll('.scatterlayer .trace')[0].querySelectorAll('.points path'));
+              return {area: [area.left, area.right, area.top, area.bottom],
+                      centres: points.map(p => { const r = p.getBoundingClientRect(); return [(r.left + r.right) / 2, (r.top + r.bottom) / 2]; })};
+            })""")
+        assert len(panels) == 3
+        for panel in panels:
+            left, right, top, bottom = panel["area"]
+            assert len(panel["centres"]) == 3, panel  # full, LoRA and prefix
+            assert all(left <= x <= right and top <= y <= bottom for x, y in panel["centres"]), panel
         _screenshot(driver, f"report-quick-{width}px.png")
     finally:
         driver.quit()

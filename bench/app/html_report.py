@@ -33,6 +33,9 @@ FILTER_COLUMNS = ("task", "refine", "method", "configuration", "model")
 
 # Sorting and filtering of the page's tables (no charting here: the figures are Plotly's).
 TABLE_SCRIPT = """
+// A figure is drawn as soon as its script runs, when the grid row it sits in may not hold its later panels yet:
+// it takes the width the cell had then. Once the page has loaded, every figure is fitted to its cell.
+window.addEventListener('load', () => document.querySelectorAll('.js-plotly-plot').forEach(gd => Plotly.Plots.resize(gd)));
 function tbNumber(text) { const m = text.replace(/,/g, '').match(/^-?[0-9.]+(e[-+]?[0-9]+)?/i); return m ? parseFloat(m[0]) : NaN; }
 function tbSort(th) {
   const table = th.closest('table'), body = table.tBodies[0], index = th.cellIndex;
@@ -246,12 +249,27 @@ def pareto_section(frame: pd.DataFrame) -> str:
                            name="arms"),
                 go.Scatter(x=front[column], y=front.acc_mean, mode="lines", line={"dash": "dash", "color": "#d73027"},
                            hoverinfo="skip", name="Pareto front")])
-            fig.update_xaxes(type="log", title_text=label)
+            x_range, y_range = _pareto_ranges(g[column].to_numpy(float), g.acc_mean.to_numpy(float), g.acc_std.fillna(0).to_numpy(float))
+            fig.update_xaxes(type="log", title_text=label, range=x_range)
+            fig.update_yaxes(range=y_range)
+            # The title on the left, the toolbar (top right) above the plot: neither covers the other.
             fig.update_layout(yaxis_title="test accuracy", showlegend=False, height=340,
-                              margin={"l": 10, "r": 10, "t": 30, "b": 40}, title={"text": label, "font": {"size": 13}})
+                              margin={"l": 10, "r": 10, "t": 44, "b": 40},
+                              title={"text": label, "font": {"size": 13}, "x": 0.01, "xanchor": "left", "y": 0.98})
             figures.append(f"<div class='cell'>{_figure_html(fig, f'pareto-{task}-{refine}-{configuration}-{column}')}</div>")
         out.append(f"<h3>{html.escape(title)}</h3><div class='grid'>{''.join(figures)}</div>")
     return "".join(out)
+
+
+def _pareto_ranges(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[list[float], list[float]]:
+    """Axis ranges that hold every arm, its error bar and its label: Plotly's autorange on a log axis with text
+    labels left the reference arm (the largest cost) outside the drawn range. x in log10 units, as Plotly wants."""
+    lo, hi = float(np.log10(x.min())), float(np.log10(x.max()))
+    x_pad = max(0.15 * (hi - lo), 0.15)
+    low, high = float((mean - std).min()), float((mean + std).max())
+    y_pad = max(0.1 * (high - low), 0.01)
+    return ([round(lo - x_pad, 6), round(hi + x_pad, 6)],
+            [round(low - y_pad, 6), round(high + 2.5 * y_pad, 6)])  # room above for the arm's name
 
 
 def curves_section(records: list[dict]) -> str:
@@ -378,7 +396,8 @@ def _figure_html(fig, name: str) -> str:
                 for part in ("array", "arrayminus"):
                     trace[key][part] = _stable(trace[key][part])
     div_id = "fig-" + "".join(c if c.isalnum() else "-" for c in name)
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+    # responsive: a figure in a grid cell takes the cell's width, not the width of the page it was first drawn in
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False, "responsive": True})
 
 
 def page(title: str, body: str, shared_dir: Path | None = None, page_dir: Path | None = None) -> str:

@@ -1,4 +1,7 @@
 
+// A figure is drawn as soon as its script runs, when the grid row it sits in may not hold its later panels yet:
+// it takes the width the cell had then. Once the page has loaded, every figure is fitted to its cell.
+window.addEventListener('load', () => document.querySelectorAll('.js-plotly-plot').forEach(gd => Plotly.Plots.resize(gd)));
 function tbNumber(text) { const m = text.replace(/,/g, '').match(/^-?[0-9.]+(e[-+]?[0-9]+)?/i); return m ? parseFloat(m[0]) : NaN; }
 function tbSort(th) {
   const table = th.closest('table'), body = table.tBodies[0], index = th.cellIndex;
