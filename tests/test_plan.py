@@ -61,3 +61,18 @@ def test_plan_names_what_the_published_quick_sweep_would_need(tmp_path):
     assert lora_accuracy.direction == "refuted" and lora_accuracy.seeds_80 is None and lora_accuracy.test_examples_80 > 1066
     memory = by_part[("lora vs full", "peak memory")]
     assert memory.direction == "supported" and memory.seeds_80 > 3 and memory.seconds_80 > 0
+
+
+def test_plan_says_a_secondary_waits_for_the_primaries_and_offers_to_go_on_with_a_declared_design(tmp_path, capsys):
+    from tunebench.app.frame import load_frame
+    from tunebench.app.plan import main, plan
+
+    from .test_sequential import write_sequential_sweep
+
+    sweep = tmp_path / "runs" / "seq"
+    write_sequential_sweep(sweep, 3, -0.012, {"decide": {"max_seeds": 7}, "claim": {"primary": ["lora:accuracy"]}})
+    plans = plan(load_frame(sweep))
+    secondaries = [p for p in plans if not p.part.startswith("accuracy")]
+    assert secondaries and all(p.note.startswith("once every primary is decided: ") for p in secondaries)
+    assert main([str(sweep)]) == 0
+    assert "To go on with the design this sweep declared: tunebench decide <the sweep's overrides> decide.max_seeds=7" in capsys.readouterr().out

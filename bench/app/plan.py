@@ -150,8 +150,11 @@ def plan(frame: pd.DataFrame, settings: Settings = Settings(), max_seeds: int = 
                 continue
             kind = PART_KINDS[part["part"]]
             primary = f"{method}:{kind}" in claim_plan.primaries
-            level = ALPHA / 2 / (primaries if primary else max(tests, 1))
-            out.append(_plan_part(c, part, kind, peft, full, settings, level, max_seeds, seconds))
+            level = ALPHA / 2 / (primaries if primary else max(tests - primaries, 1))
+            planned = _plan_part(c, part, kind, peft, full, settings, level, max_seeds, seconds)
+            if primaries and not primary:  # serial gatekeeping: no level at all until every primary is decided
+                planned.note = f"once every primary is decided: {planned.note}"
+            out.append(planned)
     return out
 
 
@@ -236,20 +239,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     machines = sorted(set(frame["machine"].dropna())) if "machine" in frame else []
     print(to_markdown(plans, ", ".join(machines) or None))
-    command = decide_command(plans, frame)
+    declared = plan_of(frame).design
+    command = decide_command(plans, frame, declared.max_seeds if declared else None)
     if command:
-        print(f"\nTo decide what seeds can decide: {command}")
+        verb = "To go on with the design this sweep declared" if declared else "To decide what seeds can decide"
+        print(f"\n{verb}: {command}")
     return 0
 
 
-def decide_command(plans: list[PartPlan], frame: pd.DataFrame) -> str | None:
-    """The `tunebench decide` call that gives every part seeds can decide its 80% seeds (None: seeds cannot help)."""
+def decide_command(plans: list[PartPlan], frame: pd.DataFrame, declared_max: int | None = None) -> str | None:
+    """The `tunebench decide` call that gives every part seeds can decide its 80% seeds (None: seeds cannot help); for
+    a sweep that declared a sequential design, the call that goes on with it (a design is not changed half-way)."""
     seeds = [p.seeds_80 for p in plans if p.seeds_80 is not None]
-    if not seeds:
+    if not seeds and declared_max is None:
         return None
     from importlib.resources import files
 
     sweeps = sorted(set(frame["sweep"].dropna()))
     preset = len(sweeps) == 1 and (Path(str(files("tunebench.conf"))) / "experiment" / f"{sweeps[0]}.yaml").exists()
     grid = f"experiment={sweeps[0]}" if preset else "<the sweep's overrides>"
-    return f"tunebench decide {grid} decide.max_seeds={max(seeds)}"
+    return f"tunebench decide {grid} decide.max_seeds={declared_max or max(seeds)}"
