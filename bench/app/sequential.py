@@ -133,8 +133,8 @@ def seed_bound(level: float) -> float:
     one-sided test at `level`: the fixed claim's 75% at 2.5%, rising as the level falls (1 - 10 x level).
 
     With 2-3 seeds that mean square has 1-2 df; a small value by chance makes Satterthwaite's df trust the test-set
-    part, which a 2.5% test survives with the 75% bound but a test at 1e-4 (an early look) does not: simulated, the
-    first look at 2 seeds crossed a 5e-7 boundary in 0.5% of null studies with the 75% bound."""
+    part, which a 2.5% test survives with the 75% bound but a test at an early look's tiny level does not (the
+    simulation in docs/statistics.md)."""
     return max(0.75, 1.0 - 10.0 * level)
 
 
@@ -159,11 +159,9 @@ class SequentialTest:
     levels: list[float] = field(default_factory=list)
 
 
-VERDICTS = ("inconclusive", "supported", "refuted")  # codes 0, 1, 2 of first_crossings
-
-
 def first_crossings(p_supported: np.ndarray, p_refuted: np.ndarray, levels) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised over leading axes of [..., K] p-values: (verdict code, index of the deciding look, -1 if none).
+    """Vectorised over leading axes of [..., K] p-values: (verdict code: 0 inconclusive, 1 supported, 2 refuted;
+    index of the deciding look, -1 if none).
     At one look, `supported` is checked first (both directions cannot cross at one look unless the level is
     above one half)."""
     levels = np.asarray(levels, dtype=float)
