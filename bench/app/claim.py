@@ -318,7 +318,7 @@ class ClaimPlan:
 
 def plan_of(frame: pd.DataFrame) -> ClaimPlan:
     """The plan the sweep's records carry; records that disagree are an error naming both plans."""
-    values = {p if isinstance(p, str) else None for p in frame["claim_plan"]} if "claim_plan" in frame else set()
+    values = declared_plans(frame)
     plans = sorted(p for p in values if p is not None)
     if len(values) > 1:  # two declarations, or records with one and records without
         named = [*plans, *(["none (a fixed design)"] if None in values else [])]
@@ -333,6 +333,16 @@ def plan_of(frame: pd.DataFrame) -> ClaimPlan:
         design = Design(max_seeds=decide_node["max_seeds"], first=decide_node.get("first_seeds", 2),
                         step=decide_node.get("round_seeds", 1), spending=decide_node.get("spending", "obrien_fleming"))
     return ClaimPlan(tuple(str(x) for x in primary), design)
+
+
+def declared_plans(frame: pd.DataFrame) -> set[str | None]:
+    """The distinct plans the records declare (None: a record that declares none)."""
+    return {p if isinstance(p, str) else None for p in frame["claim_plan"]} if "claim_plan" in frame else set()
+
+
+def arm_method(arm: str) -> str:
+    """The method of an arm label (`lora[r=16]` -> `lora`)."""
+    return str(arm).split("[")[0]
 
 
 def check_primaries(primaries, frame: pd.DataFrame) -> None:
@@ -385,7 +395,7 @@ def apply_plan(comparisons: list[dict], plan: ClaimPlan) -> None:
     tests = []
     for index, c in enumerate(comparisons):
         seeds = len(c.get("seeds", []))
-        method = str(c["peft"]).split("[")[0]
+        method = arm_method(c["peft"])
         for part in c["parts"]:
             pvalues = c.get("_pvalues", {}).get(part["part"])
             if pvalues is None:

@@ -24,11 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.app.claim import PART_KINDS
+from tunebench.app.claim import PART_KINDS, arm_method
 from tunebench.app.compose import compose_config, split_overrides
-
-DEFAULT_PARTS = ("accuracy", "memory", "time")
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -50,9 +47,8 @@ class Plan:
 
 def plan_sweep(overrides: list[str]) -> Plan:
     """The grid, the looks and where the records go; bad input fails here, before any run."""
-    from omegaconf import OmegaConf
-
     from tunebench.app.frame import comparison_key
+    from tunebench.app.runner import semantic_config
     from tunebench.app.sequential import Design
     from tunebench.core.config_check import check_run_config
 
@@ -66,7 +62,7 @@ def plan_sweep(overrides: list[str]) -> Plan:
         raise ValueError("decide.max_seeds is not set: name the most seeds per arm, e.g. decide.max_seeds=10")
     design = Design(max_seeds=int(decide.max_seeds), first=int(decide.first_seeds), step=int(decide.round_seeds),
                     spending=str(decide.spending))
-    parts = tuple(decide.get("parts") or DEFAULT_PARTS)  # checked by check_run_config
+    parts = tuple(decide.parts)  # checked by check_run_config; its default lives in conf/config.yaml
     params = {str(k): [v.strip() for v in str(values).split(",")] for k, values in (cfg.hydra.sweeper.params or {}).items()}
     params.update(swept)
     params.pop("seed", None)
@@ -74,9 +70,7 @@ def plan_sweep(overrides: list[str]) -> Plan:
     cells = []
     for combo in combos:
         composed = compose_config([*fixed, *combo, "seed=0"])
-        config = {k: OmegaConf.to_container(composed[k], resolve=True) if OmegaConf.is_config(composed[k]) else composed[k]
-                  for k in composed if k != "hydra"}
-        cells.append(Cell(combo, comparison_key(config), str(composed.method.name)))
+        cells.append(Cell(combo, comparison_key(semantic_config(composed)), str(composed.method.name)))
     runs = Path(str(cfg.paths.runs)) / str(cfg.sweep)
     _check_same_plan(runs, cfg)
     return Plan(fixed, cells, design.looks(), parts, runs, str(cfg.sweep))
@@ -87,12 +81,13 @@ def _check_same_plan(runs: Path, cfg) -> None:
     the design was declared would be a look the design does not count."""
     from omegaconf import OmegaConf
 
+    from tunebench.app.claim import declared_plans
     from tunebench.app.frame import declared_plan, load_frame
 
     if not any(runs.glob("*.json")):
         return
     mine = declared_plan({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("claim", "decide")})
-    plans = {None if isinstance(p, float) else p for p in load_frame(runs)["claim_plan"]}  # NaN: no plan
+    plans = declared_plans(load_frame(runs))
     if plans - {mine}:
         raise ValueError(f"{runs} holds records run under another plan ({sorted(plans - {mine})[0]}); this command "
                          f"declares {mine}. Seeds judged before a design was declared are a look it does not count: "
@@ -116,7 +111,7 @@ def needed(plan: Plan, look: int) -> list[Cell]:
         undecided = [p for p in c["parts"] if PART_KINDS.get(p["part"]) in plan.parts and p["p_value"] is not None
                      and p["verdict_adjusted"] == "inconclusive"]
         if undecided:
-            open_arms |= {(c["comparison"], str(c["peft"]).split("[")[0]), (c["comparison"], str(c["reference"]).split("[")[0])}
+            open_arms |= {(c["comparison"], arm_method(c["peft"])), (c["comparison"], arm_method(c["reference"]))}
     return [cell for cell in plan.cells if (cell.comparison, cell.method) in open_arms]
 
 

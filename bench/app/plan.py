@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from tunebench.app.claim import PART_KINDS, RATIO_COLUMNS, ClaimPlan, Settings, accuracy_units, best_lr_runs, check, plan_of
+from tunebench.app.claim import (PART_KINDS, RATIO_COLUMNS, ClaimPlan, Settings, accuracy_units, arm_method, best_lr_runs,
+                                 check, plan_of)
 from tunebench.app.sequential import seed_bound
 from tunebench.app.stats import ALPHA, MeanSquares
 from tunebench.app.tables import markdown_table
@@ -144,7 +145,7 @@ def plan(frame: pd.DataFrame, settings: Settings = Settings(), max_seeds: int = 
         runs = best[(best.comparison == c["comparison"]) & best.seed.isin(c["seeds"])]
         peft, full = (runs[runs.arm == arm].set_index("seed").loc[c["seeds"]] for arm in (c["peft"], c["reference"]))
         seconds = sum(filter(None, (_cell_seconds(peft), _cell_seconds(full))))
-        method = str(c["peft"]).split("[")[0]
+        method = arm_method(c["peft"])
         for part in c["parts"]:
             if part["p_value"] is None or part["verdict_adjusted"] != "inconclusive":
                 continue
