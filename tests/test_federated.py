@@ -114,6 +114,39 @@ def test_a_client_that_raises_fails_the_cell_and_is_named(tmp_path):
     assert "client 1, round 1: RuntimeError: raised on purpose" in message
     assert "metrics" not in record or not record["metrics"]
     assert set(Path("/tmp").glob("tb-ray-*")) == ray_dirs  # Ray's session folder is removed, failed or not
+    # the client's traceback printed once (it was four times: Flower's console and Hydra's, exception and traceback)
+    assert (out.stdout + out.stderr).count('raise RuntimeError("raised on purpose') == 1, out.stdout + out.stderr
+
+
+def test_flower_messages_are_printed_once_and_a_client_traceback_once(capsys):
+    """What Flower's simulation logs for a failed client (its vce worker: the exception, then the traceback that
+    embeds it), with the run's own root handler configured as Hydra does: one line each, the repeat dropped."""
+    import logging
+    import sys
+
+    from flwr.common.logger import log
+
+    from tunebench.core.federated import flower_logging
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stdout)
+    root.addHandler(handler)
+    flower = logging.getLogger("flwr")
+    before = (flower.level, list(flower.handlers))
+    try:
+        with flower_logging():
+            log(logging.WARNING, "fraction_evaluate is set to 0.0")
+            log(logging.INFO, "[ROUND 1]")
+            log(logging.ERROR, "ray::ClientAppActor.run() ... Exception ClientAppException occurred. Message: client 1")
+            log(logging.ERROR, "Traceback (most recent call last):\n ... ClientAppException: ... Message: client 1")
+    finally:
+        root.removeHandler(handler)
+    output = capsys.readouterr()
+    text = output.out + output.err
+    assert text.count("fraction_evaluate is set to 0.0") == 1
+    assert "[ROUND 1]" not in text
+    assert text.count("Message: client 1") == 1 and "Traceback" not in text
+    assert (flower.level, list(flower.handlers)) == before  # Flower's logger as it was after the simulation
 
 
 @pytest.mark.slow

@@ -87,6 +87,42 @@ def test_an_unwritable_results_root_stops_before_hydra_in_one_line(tmp_path):
         "point TUNEBENCH_RESULTS or paths.root at a writable folder"]
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system with no space left: a 256 KiB tmpfs, filled (needs the right to mount, as CI has)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tunebench-test", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs here: {done.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        with open(mount / "filler", "wb", buffering=0) as filler:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    filler.write(bytes(4096))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_stops_before_hydra_in_one_line(tmp_path, full_disk):
+    """An empty file can still be created on a full disk, so the old probe passed and Hydra failed saving its
+    config.yaml with two chained tracebacks."""
+    results = full_disk / "results"
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(results)}
+    out = subprocess.run([*TUNEBENCH, "run", "logger=none"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"tunebench run: TUNEBENCH_RESULTS: cannot write to {results} (No space left on device); "
+        "point TUNEBENCH_RESULTS or paths.root at a writable folder"]
+    assert [p.name for p in results.iterdir()] == []
+
+
 def test_an_unwritable_record_folder_is_refused_before_training(tmp_path, monkeypatch, caplog):
     (tmp_path / "blocker").write_text("")
     cfg = compose_cfg(tmp_path, monkeypatch, f"paths.runs={tmp_path}/blocker/runs")

@@ -35,6 +35,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -729,13 +730,43 @@ def _ray_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="tb-ray-"))
 
 
+class _RepeatedClientTraceback(logging.Filter):
+    """Flower logs a failed client twice: the exception (whose text holds the client's own traceback, from Ray)
+    and then the server's traceback, which embeds the same text again inside Flower's and Ray's frames."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Traceback (most recent call last)") and "ClientAppException" in message)
+
+
+@contextmanager
+def flower_logging():
+    """Each Flower message printed once. Flower's logger has its own console handler and also propagates to the
+    root logger, which the run (Hydra) has configured: where the root prints, Flower's handler is set aside for
+    the simulation, so a message is printed once, in the run's format and its log file. Flower's INFO lines are
+    dropped: the rounds are logged here and its summary repeats them."""
+    flower = logging.getLogger("flwr")
+    level, handlers = flower.level, list(flower.handlers)
+    own = [h for h in handlers if type(h) is not logging.FileHandler] if logging.getLogger().handlers else []
+    repeated = _RepeatedClientTraceback()
+    flower.setLevel(logging.WARNING)
+    flower.addFilter(repeated)
+    for handler in own:
+        flower.removeHandler(handler)
+    try:
+        yield
+    finally:
+        flower.removeFilter(repeated)
+        for handler in own:
+            flower.addHandler(handler)
+        flower.setLevel(level)
+
+
 def simulate(plan: ClientPlan, server, ledger: Ledger, device: str) -> None:
     """Run the Flower simulation of `plan`'s clients against `server` (a `server_app`), which fills `ledger`;
     `device`: the server's model's (a CUDA run gives its clients GPUs)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
-
-    logging.getLogger("flwr").setLevel(logging.WARNING)  # the rounds are logged here; Flower's summary repeats them
 
     settings = plan.settings
     cpus, gpus, client_gpus = _resources(settings, device)
@@ -745,7 +776,9 @@ def simulate(plan: ClientPlan, server, ledger: Ledger, device: str) -> None:
     ray_dir = _ray_dir()
     backend["init_args"]["_temp_dir"] = str(ray_dir)
     try:
-        run_simulation(server_app=server, client_app=client_app(plan), num_supernodes=settings.clients, backend_config=backend)
+        with flower_logging():
+            run_simulation(server_app=server, client_app=client_app(plan), num_supernodes=settings.clients,
+                           backend_config=backend)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     if ledger.failure is None and not ledger.preempted and len(ledger.curve) < settings.rounds:

@@ -80,13 +80,19 @@ class NotWritable(OSError):
     """A results folder the run cannot write to; the message names the folder and the key."""
 
 
+PROBE_BYTES = 64 * 1024  # room for Hydra's config files and a small record
+
+
 def ensure_writable(folder: Path, key: str) -> None:
-    """Create `folder` if needed and prove a file can be written in it, before any work is spent."""
+    """Create `folder` if needed and prove a file can be written in it, before any work is spent: bytes written
+    and synced, since a full disk still lets an empty file be created (Hydra then failed saving its config)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as e:
         raise NotWritable(f"{key}: cannot write to {folder} ({e.strerror or e}); point TUNEBENCH_RESULTS or "
                           f"paths.root at a writable folder") from None
