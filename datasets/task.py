@@ -78,6 +78,9 @@ class Task:
     test: Split
     pool: Split
     meta: dict = field(default_factory=dict)
+    # examples the source holds before the splits are carved (None: not known): what `sizes` leaves unused could
+    # enlarge the test set (`tunebench plan` says what that would buy)
+    source_examples: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -123,6 +126,7 @@ class Task:
             "train_class_counts": self.train.class_counts(self.num_classes),
             "majority_baseline_test_acc": self.majority_baseline(),
             "data_hash": self.data_hash(),
+            **({"source_examples": self.source_examples} if self.source_examples is not None else {}),
             **self.meta,
         }
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tunebench.app.calibration import MARGIN, Scenario, _generate
-from tunebench.app.plan import Components, power, seeds_for, units_for
+from tunebench.app.plan import Components, larger_test, power, seeds_for, units_for
 from tunebench.app.sequential import one_sided_pvalues, seed_bound
 from tunebench.app.stats import MeanSquares
 
@@ -45,6 +45,40 @@ def test_seeds_help_a_seed_noise_dominated_part_and_a_larger_test_set_a_test_noi
     examples = units_for(test_noisy, 0.015, LEVEL, 0.8, 100)
     assert examples is not None and examples > 1000 and power(test_noisy, 0.015, 100, LEVEL, examples) >= 0.8
     assert seeds_for(test_noisy, 0.0, LEVEL, 0.8, 3, 100) is None and units_for(test_noisy, 0.0, LEVEL, 0.8, 100) is None
+
+
+def test_a_larger_test_set_is_offered_within_the_examples_the_task_has():
+    test_noisy = Components("accuracy", seed=0.0, unit=0.12, residual=0.02, units=1000)
+    examples, seeds = larger_test(test_noisy, 0.015, LEVEL, 3, 100, available=20000)
+    assert 1000 < examples <= 20000
+    assert power(test_noisy, 0.015, seeds, LEVEL, examples) >= 0.8 > power(test_noisy, 0.015, seeds, LEVEL, examples - 1)
+    assert seeds == 3 or power(test_noisy, 0.015, seeds - 1, LEVEL, 20000) < 0.8  # the fewest seeds first
+    assert larger_test(test_noisy, 0.015, LEVEL, 3, 100, available=1500) is None  # not enough examples
+    assert larger_test(test_noisy, 0.015, LEVEL, 3, 100, available=None) is None  # not known
+
+
+def test_plan_offers_the_examples_quick_leaves_unused_when_records_say_how_many_the_source_holds(tmp_path):
+    """Rotten Tomatoes holds 8,530 sentences; quick's splits use 6,132 (test 1,066, validation 1,066, pool 2,000,
+    train 2,000): 2,398 could join the test set. Published records predate `task.source_examples`: a copy has it."""
+    import json
+
+    from tunebench.app.frame import load_frame
+    from tunebench.app.plan import plan
+
+    from .conftest import ROOT
+
+    for path in (ROOT / "results" / "published" / "quick" / "records").glob("*.json"):
+        record = json.loads(path.read_text())
+        record["task"]["source_examples"] = 8530
+        (tmp_path / path.name).write_text(json.dumps(record))
+    frame = load_frame(tmp_path)
+    assert set(frame.unused_examples) == {2398}
+    lora = next(p for p in plan(frame) if p.comparison.endswith("lora vs full") and p.part.startswith("accuracy"))
+    assert lora.larger_test is not None
+    examples, seeds = lora.larger_test
+    assert 1066 < examples <= 1066 + 2398
+    assert (f"a larger test set instead: {examples:,} test examples (data.test_size={examples}; the task has 2,398 "
+            f"examples no split uses) reach 80% at {seeds} seeds") in lora.note
 
 
 def test_plan_names_what_the_published_quick_sweep_would_need(tmp_path):

@@ -135,8 +135,18 @@ def _row(path: Path, record: dict) -> dict:
     row.update(started_at=record.get("started_at"), finished_at=record.get("finished_at"),
                machine=machine_label((record.get("env") or {}).get("machine")))
     row["error"] = (record.get("error") or {}).get("message")
+    row["unused_examples"] = unused_examples(record.get("task") or {})
     row["claim_plan"] = declared_plan(config)  # what the sweep declared (tunebench claim)
     return row
+
+
+def unused_examples(task: dict) -> int | None:
+    """Examples the task's source holds that none of its splits uses (a larger test set could take them); None
+    where the record does not say how many the source holds."""
+    total, sizes = task.get("source_examples"), task.get("sizes") or {}
+    if not isinstance(total, int) or not sizes:
+        return None
+    return max(total - sum(int(n) for n in sizes.values()), 0)
 
 
 def declared_plan(config: dict) -> str | None:

@@ -102,6 +102,24 @@ def units_for(components: Components, distance: float, level: float, target: flo
     return None
 
 
+def larger_test(components: Components, distance: float, level: float, seeds: int, max_seeds: int,
+                available: int | None) -> tuple[int, int] | None:
+    """A larger test set instead of (some) seeds: (test examples, paired seeds) reaching 80% power with at most
+    `available` test examples, the fewest seeds first (from `seeds`), then the fewest examples at those seeds;
+    None if even all of them do not at `max_seeds`, or the part is not an accuracy."""
+    if components.kind != "accuracy" or distance == 0 or not available or available <= components.units:
+        return None
+    for count in range(max(seeds, 2), max_seeds + 1):
+        if power(components, distance, count, level, available) < POWERS[0]:
+            continue
+        low, high = components.units, available  # power(high) reaches the target; find the fewest examples that do
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if power(components, distance, count, level, middle) >= POWERS[0] else (middle, high)
+        return high, count
+    return None
+
+
 @dataclass
 class PartPlan:
     comparison: str
@@ -117,6 +135,7 @@ class PartPlan:
     seconds_80: float | None  # their measured wall time, summed
     test_examples_80: int | None  # where seeds cannot do it: a test set this large would (at max_seeds)
     note: str
+    larger_test: tuple[int, int] | None = None  # (test examples, seeds) for 80% from the task's unused examples
 
 
 def _cell_seconds(runs: pd.DataFrame) -> float | None:
@@ -145,6 +164,7 @@ def plan(frame: pd.DataFrame, settings: Settings = Settings(), max_seeds: int = 
         runs = best[(best.comparison == c["comparison"]) & best.seed.isin(c["seeds"])]
         peft, full = (runs[runs.arm == arm].set_index("seed").loc[c["seeds"]] for arm in (c["peft"], c["reference"]))
         seconds = sum(filter(None, (_cell_seconds(peft), _cell_seconds(full))))
+        unused = runs["unused_examples"].dropna() if "unused_examples" in runs else pd.Series(dtype=float)
         method = arm_method(c["peft"])
         for part in c["parts"]:
             if part["p_value"] is None or part["verdict_adjusted"] != "inconclusive":
@@ -152,14 +172,16 @@ def plan(frame: pd.DataFrame, settings: Settings = Settings(), max_seeds: int = 
             kind = PART_KINDS[part["part"]]
             primary = f"{method}:{kind}" in claim_plan.primaries
             level = ALPHA / 2 / (primaries if primary else max(tests - primaries, 1))
-            planned = _plan_part(c, part, kind, peft, full, settings, level, max_seeds, seconds)
+            planned = _plan_part(c, part, kind, peft, full, settings, level, max_seeds, seconds,
+                                 int(unused.min()) if len(unused) else None)
             if primaries and not primary:  # serial gatekeeping: no level at all until every primary is decided
                 planned.note = f"once every primary is decided: {planned.note}"
             out.append(planned)
     return out
 
 
-def _plan_part(c, part, kind, peft, full, settings: Settings, level: float, max_seeds: int, seconds: float) -> PartPlan:
+def _plan_part(c, part, kind, peft, full, settings: Settings, level: float, max_seeds: int, seconds: float,
+               unused: int | None = None) -> PartPlan:
     seeds = len(c["seeds"])
     if kind == "accuracy":
         per_unit, _ = accuracy_units(peft, full)
@@ -174,17 +196,30 @@ def _plan_part(c, part, kind, peft, full, settings: Settings, level: float, max_
     now = power(components, distance, seeds, level)
     s80, s90 = (seeds_for(components, distance, level, target, seeds, max_seeds) for target in POWERS)
     examples = units_for(components, distance, level, POWERS[0], max_seeds) if s80 is None else None
+    larger = larger_test(components, distance, level, seeds, max_seeds,
+                         components.units + unused if unused is not None else None)
+    if larger is not None and s80 is not None and larger[1] >= s80:
+        larger = None  # no seed saved: the larger test set buys nothing here
     if s80 is not None:
         note = f"~{s80 - seeds} more seed(s) per arm for 80% power"
+    elif larger is not None:
+        note = "more seeds alone cannot decide it: the shared test set's noise dominates"
+    elif examples is not None and unused is not None:
+        note = (f"no affordable design decides it: the shared test set's noise dominates, {examples:,} test examples "
+                f"at {max_seeds} seeds would, and the task has {components.units + unused:,} for a test set")
     elif examples is not None:
         note = (f"more seeds cannot decide it: the shared test set's noise dominates; {examples:,} test examples "
                 f"at {max_seeds} seeds would (if the task has them)")
     else:
         note = f"at the threshold as far as the records show: no number of seeds up to {max_seeds} decides it"
+    if larger is not None:
+        note += (f"; a larger test set instead: {larger[0]:,} test examples (data.test_size={larger[0]}; the task "
+                 f"has {unused:,} examples no split uses) reach 80% at {larger[1]} seeds")
     extra = None if s80 is None else 2 * (s80 - seeds)
     return PartPlan(comparison=_name(c), part=part["part"], seeds=seeds, estimate=part["estimate"], direction=direction,
                     level=level, power_now=now, seeds_80=s80, seeds_90=s90, extra_cells_80=extra,
-                    seconds_80=None if s80 is None else (s80 - seeds) * seconds, test_examples_80=examples, note=note)
+                    seconds_80=None if s80 is None else (s80 - seeds) * seconds, test_examples_80=examples, note=note,
+                    larger_test=larger)
 
 
 def _name(c: dict) -> str:
