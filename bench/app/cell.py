@@ -22,6 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("tunebench")
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# Hydra's joblib launcher runs jobs in worker processes it reuses: each cell still gets its own child
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+LOCAL_LAUNCHERS = (BASIC_LAUNCHER, JOBLIB_LAUNCHER)
 
 
 def wanted(cfg: DictConfig) -> bool:
@@ -46,7 +49,7 @@ def wanted(cfg: DictConfig) -> bool:
     if not HydraConfig.initialized():
         return False
     hydra_cfg = HydraConfig.get()
-    return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER
+    return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("_target_") in LOCAL_LAUNCHERS
 
 
 def child_command(config_file: str, log_file: Path, processes: int) -> list[str]:
@@ -70,7 +73,7 @@ def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"cell-{run_id}-", delete=False) as f:
         f.write(OmegaConf.to_yaml(OmegaConf.create({k: cfg[k] for k in cfg if k != "hydra"}), resolve=True))
     try:
-        proc = subprocess.run(child_command(f.name, log_file, int(cfg.train.processes)), env=os.environ.copy())
+        proc = subprocess.run(child_command(f.name, log_file, int(cfg.train.processes)), env=_child_environment())
     finally:
         Path(f.name).unlink(missing_ok=True)
     for written, elsewhere in ((record_path, False), (rec.fallback_path(record_path), True)):  # the fallback: its folder refused the record
@@ -85,6 +88,20 @@ def run_in_child(cfg: DictConfig, config: dict, run_id: str, record_path: Path) 
     rec.write_atomic(record_path, record)
     log.error("run %s failed: its process %s", run_id, how)
     return "failed"
+
+
+def _child_environment() -> dict:
+    """This process's environment, plus how many cells of the multirun may run at once (the record says it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from tunebench.core.record import CELLS_AT_ONCE_VARIABLE
+
+    env = os.environ.copy()
+    if HydraConfig.initialized() and HydraConfig.get().launcher.get("_target_") == JOBLIB_LAUNCHER:
+        from joblib import effective_n_jobs  # -1: every core, as joblib counts them
+
+        env[CELLS_AT_ONCE_VARIABLE] = str(effective_n_jobs(int(HydraConfig.get().launcher.n_jobs)))
+    return env
 
 
 def _log_file(hydra_cfg, run_id: str) -> Path:

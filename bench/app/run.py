@@ -43,7 +43,15 @@ def _invocation() -> str:
     return os.environ.setdefault("TUNEBENCH_INVOCATION", str(os.getpid()))
 
 
+def _cells_at_once(threads) -> int:
+    """`${tb_cells_at_once:${threads}}` in launcher=parallel: the cores this process may use (its CPU affinity: a
+    SLURM allocation or taskset, not the machine's) over the threads per cell, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(threads or cores)))
+
+
 OmegaConf.register_new_resolver("tb_run_id", _run_id_of_root, replace=True)
+OmegaConf.register_new_resolver("tb_cells_at_once", _cells_at_once, replace=True)
 OmegaConf.register_new_resolver("tb_invocation", _invocation, replace=True)
 OmegaConf.register_new_resolver("tb_config_groups", _config_groups, replace=True)
 # Hydra's output folders are named after the sweep: mapped to a safe component whatever it is (the run refuses an

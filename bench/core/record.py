@@ -304,6 +304,9 @@ def machine() -> dict:
     }
 
 
+CELLS_AT_ONCE_VARIABLE = "TUNEBENCH_CELLS_AT_ONCE"  # set by the parallel launcher's cells for their children
+
+
 def environment(device: str) -> dict:
     versions = {}
     for name in TRACKED_PACKAGES:
@@ -321,6 +324,9 @@ def environment(device: str) -> dict:
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "machine": machine(),
+        # cells of the same local multirun that could run at the same time (launcher=parallel; 1 one at a time):
+        # their wall times include what they cost each other
+        "cells_at_once": int(os.environ.get(CELLS_AT_ONCE_VARIABLE, 1)),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
