@@ -28,6 +28,8 @@ def test_publish_writes_tables_claim_and_every_record(tmp_path):
     comparisons = json.loads((dest / "claim.json").read_text())
     assert comparisons[0]["parts"][0]["verdict_adjusted"] == "inconclusive"
     assert "| lora " in (dest / "results.md").read_text() and (dest / "results.tex").exists()
+    plan = (dest / "plan.md").read_text()  # what deciding the inconclusive parts would take
+    assert "| rt / none: lora vs full | accuracy (PEFT - full, pt) |" in plan and "tunebench decide" in plan
 
 
 def test_a_sweep_without_the_reference_arm_publishes_no_claim(tmp_path):

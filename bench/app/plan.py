@@ -273,14 +273,21 @@ def main(argv: list[str] | None = None) -> int:
         for p in plans:
             print(json.dumps(asdict(p)))
         return 0
+    print(plan_report(frame, plans))
+    return 0
+
+
+def plan_report(frame: pd.DataFrame, plans: list[PartPlan]) -> str:
+    """The plan as `tunebench plan` prints it and `publish` writes it (plan.md): the table, where its cell times
+    were measured, and the `tunebench decide` call that would carry it out."""
     machines = sorted(set(frame["machine"].dropna())) if "machine" in frame else []
-    print(to_markdown(plans, ", ".join(machines) or None))
+    text = to_markdown(plans, ", ".join(machines) or None)
     declared = plan_of(frame).design
     command = decide_command(plans, frame, declared.max_seeds if declared else None)
     if command:
         verb = "To go on with the design this sweep declared" if declared else "To decide what seeds can decide"
-        print(f"\n{verb}: {command}")
-    return 0
+        text += f"\n\n{verb}: {command}"
+    return text
 
 
 def decide_command(plans: list[PartPlan], frame: pd.DataFrame, declared_max: int | None = None) -> str | None:

@@ -145,6 +145,7 @@ def _publish_into(frame, sweep_dir: Path, dest: Path, name: str) -> list[Path]:
         written += write_claim(comparisons, dest, 1.0, "holm")[1]
         (dest / "claim_summary.md").write_text(claim_summary(comparisons) + "\n")
         written.append(dest / "claim_summary.md")
+        written += write_plan(frame, dest)
     else:  # an arm without paired reference runs, or on fewer seeds (an lr grid): no claim to stand behind
         print(f"no claim published for {sweep_dir.name}: a PEFT arm has fewer than {MIN_CLAIM_SEEDS} seeds paired "
               f"with its reference method (tunebench claim still judges it)")
@@ -179,6 +180,19 @@ def _write_table(path: Path, table, markdown) -> list[Path]:
         return []
     path.write_text(markdown(table) + "\n")
     return [path]
+
+
+def write_plan(frame, dest: Path) -> list[Path]:
+    """dest/plan.md: what deciding the parts the claim left undecided would take (`tunebench plan`); none when
+    every tested part is decided."""
+    from tunebench.app.plan import plan, plan_report
+
+    plans = plan(frame)
+    if not plans:
+        (dest / "plan.md").unlink(missing_ok=True)
+        return []
+    (dest / "plan.md").write_text(plan_report(frame, plans) + "\n")
+    return [dest / "plan.md"]
 
 
 def write_baseline(frame, dest: Path) -> list[Path]:
