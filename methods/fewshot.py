@@ -194,10 +194,13 @@ class FewShotMethod:
     def _eval_time(self, work):
         """Run `work()` as eval time, less the meta-test support-set adaptation inside it (train time)."""
         train_before, start = self.meter.times["train"], time.perf_counter()
+        cpu_train_before, cpu_start = self.meter.cpu_times["train"], time.process_time()
         try:
             return work()
         finally:
             self.meter.times["eval"] += time.perf_counter() - start - (self.meter.times["train"] - train_before)
+            self.meter.cpu_times["eval"] += (time.process_time() - cpu_start
+                                             - (self.meter.cpu_times["train"] - cpu_train_before))
 
     def _adapting(self, split: str):
         """Gradient steps on a support set: train time on meta-test tasks (inside _eval_time), eval time on meta-val."""

@@ -59,3 +59,27 @@ def test_phases_and_throughput():
     summary = meter.summary()
     assert summary["train_seconds"] > 0 and summary["eval_seconds"] == 0
     assert abs(summary["samples_per_second"] - 64 / meter.times["train"]) < 1e-6 * summary["samples_per_second"] + 1e-3
+
+
+def test_cpu_seconds_count_work_not_waiting_and_combine_like_wall_seconds():
+    """Waiting (a sleep here; another cell holding the core under launcher=parallel) stretches wall seconds but
+    not CPU seconds; work counts in both."""
+    import time
+
+    from tunebench.core.meter import combine_ranks
+
+    meter = CostMeter("cpu")
+    with meter.phase("eval"):
+        time.sleep(0.4)
+    with meter.phase("train"):
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+    summary = meter.summary()
+    assert summary["eval_seconds"] >= 0.4 and summary["eval_cpu_seconds"] < 0.05
+    assert 0.3 <= summary["train_cpu_seconds"] <= summary["train_seconds"] + 0.01
+    other = {**summary, "train_cpu_seconds": 0.9}
+    assert combine_ranks([summary, other])["train_cpu_seconds"] == 0.9  # the slowest rank, as wall seconds
+    meter.cpu_measured = False  # part of the work ran elsewhere (federated clients, an old checkpoint)
+    assert "train_cpu_seconds" not in meter.summary()
+    assert "train_cpu_seconds" not in combine_ranks([summary, meter.summary()])

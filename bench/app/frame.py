@@ -25,7 +25,8 @@ CLIP_KEYS = ["zero_shot_acc", "recall_i2t_1", "recall_i2t_5", "recall_t2i_1", "r
 FEWSHOT_KEYS = ["meta_test_acc", "meta_test_ci95_low", "meta_test_ci95_high", "meta_test_tasks", "ways", "shots"]
 COST_KEYS = [
     "params_trainable", "params_trainable_excl_head", "params_total", "trainable_pct", "training_state_bytes",
-    "peak_memory_mb", "train_seconds", "eval_seconds", "samples_per_second", "saved_bytes", "device_seconds",
+    "peak_memory_mb", "train_seconds", "eval_seconds", "train_cpu_seconds", "eval_cpu_seconds", "samples_per_second",
+    "saved_bytes", "device_seconds",
     "comm_bytes_total", "comm_bytes_per_client_round", "peak_memory_server_mb",
 ]  # multi-process runs: peak memory and training-state bytes are per device (the largest rank's);
 # federated runs (bench/core/federated.py): the largest client's, plus the bytes sent both ways

@@ -549,7 +549,8 @@ class Engine:
             "scheduler": self.job.scheduler.state_dict() if self.job.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng if rng is not None else rng_state(),
             "n_steps": self.steps,
-            "meter": {"train": self.meter.times["train"], "eval": self.meter.times["eval"], "samples": self.meter.train_samples},
+            "meter": {"train": self.meter.times["train"], "eval": self.meter.times["eval"], "samples": self.meter.train_samples,
+                      "cpu": dict(self.meter.cpu_times) if self.meter.cpu_measured else None},
         }
 
     def _resume(self) -> int:
@@ -575,6 +576,12 @@ class Engine:
         self.meter.times["train"] += state["meter"]["train"]
         self.meter.times["eval"] += state["meter"]["eval"]
         self.meter.train_samples += state["meter"]["samples"]
+        cpu = state["meter"].get("cpu")  # None: the checkpoint's part was not measured (or predates CPU seconds)
+        if cpu is None:
+            self.meter.cpu_measured = False
+        else:
+            for phase, seconds in cpu.items():
+                self.meter.cpu_times[phase] = self.meter.cpu_times.get(phase, 0.0) + seconds
         log.info("resuming from step %d/%d (%s)", self.step, self.steps, self.checkpoint.path)
         return self.step
 

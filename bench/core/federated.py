@@ -854,6 +854,7 @@ def _charge(meter: CostMeter, ledger: Ledger, wall: float) -> None:
     train time is each round's slowest client, summed (clients of a round train in parallel on their own
     devices); device_seconds sums every client's training."""
     detail = [c for r in ledger.rounds for c in r.get("clients_detail", [])]
+    meter.cpu_measured = False  # the clients trained in Ray's processes: this process's CPU time is not theirs
     meter.times["train"] = sum(max((c["train_seconds"] for c in r.get("clients_detail", [])), default=0.0)
                                for r in ledger.rounds)
     meter.train_samples = sum(c["train_samples"] for c in detail)

@@ -140,6 +140,10 @@ class CostMeter:
     def __init__(self, device: str = "cpu"):
         self.device = device
         self.times = {"train": 0.0, "eval": 0.0}
+        # CPU seconds of this process (every thread) in the same phases: unlike wall seconds, not stretched by other
+        # processes sharing the cores (parallel cells); False where part of the work ran in other processes
+        self.cpu_times = {"train": 0.0, "eval": 0.0}
+        self.cpu_measured = True
         self.train_samples = 0
         self.values: dict = {}
         self._baseline = 0
@@ -186,11 +190,12 @@ class CostMeter:
     # -- time and throughput -------------------------------------------------------------------
     @contextmanager
     def phase(self, name: str):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+            self.cpu_times[name] = self.cpu_times.get(name, 0.0) + time.process_time() - cpu_start
 
     def add_train_samples(self, n: int) -> None:
         self.train_samples += n
@@ -233,6 +238,9 @@ class CostMeter:
         out = dict(self.values)
         out["train_seconds"] = round(self.times["train"], 3)
         out["eval_seconds"] = round(self.times["eval"], 3)
+        if self.cpu_measured:
+            out["train_cpu_seconds"] = round(self.cpu_times["train"], 3)
+            out["eval_cpu_seconds"] = round(self.cpu_times["eval"], 3)
         out["train_samples"] = self.train_samples
         out["samples_per_second"] = (
             round(self.train_samples / self.times["train"], 3) if self.times["train"] > 0 else None
@@ -257,8 +265,11 @@ def combine_ranks(summaries: list[dict]) -> dict:
         return summaries[0]
     out = dict(summaries[0])
     out["ranks"] = out["devices"] = len(summaries)
-    for key in ("train_seconds", "eval_seconds"):
-        out[key] = max(s.get(key) or 0.0 for s in summaries)
+    for key in ("train_seconds", "eval_seconds", "train_cpu_seconds", "eval_cpu_seconds"):
+        if all(s.get(key) is not None for s in summaries):
+            out[key] = max(s[key] for s in summaries)
+        else:
+            out.pop(key, None)
     out["device_seconds"] = round(sum(s.get("train_seconds") or 0.0 for s in summaries), 3)
     out["samples_per_second"] = round(out["train_samples"] / out["train_seconds"], 3) if out["train_seconds"] else None
     for key in ("peak_memory_bytes", "training_state_bytes"):
