@@ -32,3 +32,42 @@ def test_cells_at_once_is_the_cores_this_process_may_use_over_the_threads(monkey
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert [_cells_at_once(t) for t in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
     assert _cells_at_once(None) == 1  # threads null: every core for one cell
+
+
+def test_a_killed_parallel_sweep_resumes_exactly_the_missing_cells(tmp_path):
+    """Killed (the whole process group, as a lost session would be) while cells run two at a time; the same command
+    runs the cells without an ok record, once each, and leaves the finished ones untouched."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import TUNEBENCH
+
+    args = ["run", "-m", "launcher=parallel", "hydra.launcher.n_jobs=2", "method=full,lora", "seed=0,1", *TINY,
+            "sweep=pkill"]
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "results")}
+    runs = tmp_path / "results" / "runs" / "pkill"
+    proc = subprocess.Popen([*TUNEBENCH, *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline and not list(runs.glob("*.json")):
+            time.sleep(0.2)
+        time.sleep(1.5)  # other cells are running now
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    assert 1 <= len(done_before) < 4
+    resumed = run_tunebench(args, tmp_path)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    records = [json.loads(p.read_text()) for p in runs.glob("*.json")]
+    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    assert all(runs.joinpath(n).stat().st_mtime_ns == t for n, t in done_before.items())  # finished cells kept
+    assert log.count("skip ") == len(done_before)
+    started = set(re.findall(r"\] - run ([0-9a-f]{16}): method=", log))
+    assert started == {r["run_id"] for r in records} - {n[:-5] for n in done_before}  # each missing cell, once
+    assert f"sweep 'pkill': 4 cells: {4 - len(done_before)} ok, {len(done_before)} skipped" in log
