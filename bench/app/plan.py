@@ -201,7 +201,8 @@ def _plan_part(c, part, kind, peft, full, settings: Settings, level: float, max_
     if larger is not None and s80 is not None and larger[1] >= s80:
         larger = None  # no seed saved: the larger test set buys nothing here
     if s80 is not None:
-        note = f"~{s80 - seeds} more seed(s) per arm for 80% power"
+        note = (f"~{s80 - seeds} more seed(s) per arm for 80% power" if s80 > seeds
+                else f"the seeds there are give {now:.0%} power at this level")
     elif larger is not None:
         note = "more seeds alone cannot decide it: the shared test set's noise dominates"
     elif examples is not None and unused is not None:
