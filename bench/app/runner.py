@@ -387,6 +387,19 @@ class SweepSummary(Callback):
             ", ".join(f"{n} {OUTCOMES[s]}" + (f" (SLURM job {', '.join(jobs[s])})" if jobs.get(s) else "")
                       for s, n in counts.items() if n), Path(config.paths.runs) / str(config.sweep),
         )
+        _stop_idle_workers(config)
+
+
+def _stop_idle_workers(config) -> None:
+    """launcher=parallel: the joblib (loky) worker processes stop with the sweep. Left idle they exit only after
+    loky's 5-minute timeout, and a process that ran the sweep as a multiprocessing child waits for them at exit."""
+    from tunebench.app.cell import JOBLIB_LAUNCHER
+
+    if config.hydra.launcher.get("_target_") != JOBLIB_LAUNCHER:
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
 
 
 OUTCOMES = {"ok": "ok", "skipped": "skipped", "elsewhere": "run by another process", "failed": "failed",
