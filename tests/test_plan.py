@@ -110,3 +110,15 @@ def test_plan_says_a_secondary_waits_for_the_primaries_and_offers_to_go_on_with_
     assert secondaries and all(p.note.startswith("once every primary is decided: ") for p in secondaries)
     assert main([str(sweep)]) == 0
     assert "To go on with the design this sweep declared: tunebench decide <the sweep's overrides> decide.max_seeds=7" in capsys.readouterr().out
+
+
+def test_plan_says_a_completed_sequential_design_is_not_gone_on_with(tmp_path, capsys):
+    from tunebench.app.plan import main
+
+    from .test_sequential import write_sequential_sweep
+
+    sweep = tmp_path / "runs" / "done"
+    write_sequential_sweep(sweep, 3, -0.012, {"decide": {"max_seeds": 3}, "claim": {"primary": ["lora:accuracy"]}})
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "The sequential design this sweep declared is complete (3 seeds)" in out and "To go on with" not in out

@@ -283,7 +283,12 @@ def plan_report(frame: pd.DataFrame, plans: list[PartPlan]) -> str:
     were measured, and the `tunebench decide` call that would carry it out."""
     machines = sorted(set(frame["machine"].dropna())) if "machine" in frame else []
     text = to_markdown(plans, ", ".join(machines) or None)
+    if not plans:
+        return text
     declared = plan_of(frame).design
+    if declared and min(p.seeds for p in plans) >= declared.max_seeds:
+        return text + (f"\n\nThe sequential design this sweep declared is complete ({declared.max_seeds} seeds): "
+                       "deciding what it left undecided is a new sweep (another sweep name), declared before it runs.")
     command = decide_command(plans, frame, declared.max_seeds if declared else None)
     if command:
         verb = "To go on with the design this sweep declared" if declared else "To decide what seeds can decide"
