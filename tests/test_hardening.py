@@ -78,12 +78,17 @@ def test_an_invalid_cell_of_a_multirun_is_failed_and_the_summary_still_prints(tm
 # -- folders checked before work; a record is never thrown away ---------------------------------------------
 def test_an_unwritable_results_root_stops_before_hydra_in_one_line(tmp_path):
     (tmp_path / "blocker").write_text("a file where the results folder should go")
-    env = {**os.environ, "TUNEBENCH_RESULTS": str(tmp_path / "blocker" / "results")}
-    out = subprocess.run([*TUNEBENCH, "run", "logger=none"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    assert_refused_in_one_line(tmp_path, tmp_path / "blocker" / "results", "Not a directory")
+
+
+def assert_refused_in_one_line(cwd, results, reason: str) -> None:
+    """`tunebench run` with TUNEBENCH_RESULTS=`results` exits 2 before Hydra, with one line giving `reason`."""
+    env = {**os.environ, "TUNEBENCH_RESULTS": str(results)}
+    out = subprocess.run([*TUNEBENCH, "run", "logger=none"], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
-        f"tunebench run: TUNEBENCH_RESULTS: cannot write to {tmp_path}/blocker/results (Not a directory); "
+        f"tunebench run: TUNEBENCH_RESULTS: cannot write to {results} ({reason}); "
         "point TUNEBENCH_RESULTS or paths.root at a writable folder"]
 
 
@@ -113,13 +118,7 @@ def test_a_full_disk_stops_before_hydra_in_one_line(tmp_path, full_disk):
     """An empty file can still be created on a full disk, so the old probe passed and Hydra failed saving its
     config.yaml with two chained tracebacks."""
     results = full_disk / "results"
-    env = {**os.environ, "TUNEBENCH_RESULTS": str(results)}
-    out = subprocess.run([*TUNEBENCH, "run", "logger=none"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines() == [
-        f"tunebench run: TUNEBENCH_RESULTS: cannot write to {results} (No space left on device); "
-        "point TUNEBENCH_RESULTS or paths.root at a writable folder"]
+    assert_refused_in_one_line(tmp_path, results, "No space left on device")
     assert [p.name for p in results.iterdir()] == []
 
 
