@@ -82,10 +82,11 @@ def power(components: Components, distance: float, seeds: int, level: float, uni
 
 
 def seeds_for(components: Components, distance: float, level: float, target: float, start: int,
-              max_seeds: int) -> int | None:
-    """The fewest paired seeds (from `start`) at which the power reaches `target`, or None up to `max_seeds`."""
+              max_seeds: int, units: int | None = None) -> int | None:
+    """The fewest paired seeds (from `start`) at which the power reaches `target` (with `units` test examples: the
+    records' by default), or None up to `max_seeds`."""
     for seeds in range(max(start, 2), max_seeds + 1):
-        if power(components, distance, seeds, level) >= target:
+        if power(components, distance, seeds, level, units) >= target:
             return seeds
     return None
 
@@ -109,15 +110,14 @@ def larger_test(components: Components, distance: float, level: float, seeds: in
     None if even all of them do not at `max_seeds`, or the part is not an accuracy."""
     if components.kind != "accuracy" or distance == 0 or not available or available <= components.units:
         return None
-    for count in range(max(seeds, 2), max_seeds + 1):
-        if power(components, distance, count, level, available) < POWERS[0]:
-            continue
-        low, high = components.units, available  # power(high) reaches the target; find the fewest examples that do
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if power(components, distance, count, level, middle) >= POWERS[0] else (middle, high)
-        return high, count
-    return None
+    count = seeds_for(components, distance, level, POWERS[0], seeds, max_seeds, units=available)
+    if count is None:
+        return None
+    low, high = components.units, available  # power(high) reaches the target; find the fewest examples that do
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if power(components, distance, count, level, middle) >= POWERS[0] else (middle, high)
+    return high, count
 
 
 @dataclass
